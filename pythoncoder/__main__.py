@@ -1,0 +1,3 @@
+from pythoncoder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""``pythoncoder`` command line: a thin dispatcher over the sub-packages.
+
+Each sub-command lives in the package that owns it and is imported only when used, so
+``pythoncoder info`` never pays for the data or training imports.  A command module
+exposes ``configure_<name>(parser)``, which adds its arguments and sets ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("pythoncoder.model.commands", "model config and abstract parameter count"),
+    "prepare": ("pythoncoder.data.commands", "tokenize and pack sources into shards"),
+    "train": ("pythoncoder.train.commands", "train a preset (default: tiny on the stdlib)"),
+    "memory": ("pythoncoder.train.commands", "compiled memory analysis of the train step"),
+    "generate": ("pythoncoder.infer.commands", "generate from a trained run"),
+    "eval": ("pythoncoder.eval.commands", "HumanEval / MBPP pass@k in a sandbox"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pythoncoder", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name != only:
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("pythoncoder"):
+                p.set_defaults(func=lambda _a, n=name: _not_available(n))
+                continue
+            raise
+        getattr(mod, f"configure_{name}")(p)
+    return parser
+
+
+def _not_available(name: str) -> int:
+    print(f"pythoncoder {name}: not available in this build", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
