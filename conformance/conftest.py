@@ -1,1 +1,43 @@
+"""Shared fixtures for the conformance suite."""
+
+import jax
+import pytest
+
+from pythoncoder.model import ModelConfig, build_model
+
 pytest_plugins = ["pythoncoder.testing.conformance_plugin"]
+
+
+def micro_config(**overrides) -> ModelConfig:
+    """A very small fp32 config (12/4 sub-heads, GQA 3:1) for fast numeric checks."""
+    base = dict(vocab_size=512, hidden_size=96, num_layers=3, head_dim=16,
+                intermediate_size=128, compute_dtype="float32", remat_policy="none",
+                attn_block_size=8, loss_chunk_size=32, tpu_aligned=False)
+    base.update(overrides)
+    return ModelConfig(name="micro", **base)
+
+
+@pytest.fixture(scope="session")
+def micro_cfg() -> ModelConfig:
+    return micro_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> ModelConfig:
+    return ModelConfig.preset("tiny", compute_dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg):
+    return build_model(tiny_cfg, seed=0)
+
+
+@pytest.fixture(scope="session")
+def key():
+    return jax.random.PRNGKey(1234)
+
+
+@pytest.fixture(scope="session")
+def make_micro():
+    """Factory for micro configs with overrides."""
+    return micro_config

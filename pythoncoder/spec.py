@@ -46,7 +46,8 @@ def load_spec(spec_dir: str | Path = DEFAULT_SPEC_DIR) -> dict[str, Requirement]
                 raise SpecError(f"{path}: requirement #{i} lacks field(s) {missing}")
             rid = entry["id"]
             if rid in out:
-                raise SpecError(f"{path}: duplicate requirement id {rid!r} (also in {out[rid].file})")
+                raise SpecError(
+                    f"{path}: duplicate requirement id {rid!r} (also in {out[rid].file})")
             if entry["status"] not in STATUSES:
                 raise SpecError(f"{path}: {rid}: status {entry['status']!r} not in {STATUSES}")
             unknown = set(entry) - set(REQUIRED_FIELDS) - {"check"}

@@ -20,6 +20,7 @@ import pytest
 
 from pythoncoder.spec import DEFAULT_SPEC_DIR, load_spec
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance")
     group.addoption("--conformance-report", default=None, metavar="DIR",
@@ -94,7 +95,8 @@ def build_report(state: dict) -> dict:
     by_req: dict[str, list[dict]] = defaultdict(list)
     for nodeid, ids in state["tags"].items():
         for rid in ids:
-            by_req[rid].append({"test": nodeid, "outcome": state["outcomes"].get(nodeid, "not run")})
+            outcome = state["outcomes"].get(nodeid, "not run")
+            by_req[rid].append({"test": nodeid, "outcome": outcome})
     rows, gaps = [], []
     for rid, req in sorted(state["spec"].items()):
         tests = by_req.get(rid, [])
@@ -128,7 +130,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# Conformance report",
         "",
-        f"{c['requirements']} requirements: {c['implemented']} implemented, {c['planned']} planned. "
+        f"{c['requirements']} requirements: {c['implemented']} implemented, "
+        f"{c['planned']} planned. "
         f"{c['tests']} tests: {c['tests_passed']} passed, {c['tests_failed']} failed, "
         f"{c['tests_skipped']} skipped.",
         "",
@@ -140,5 +143,6 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {r['id']} {r['title']} | {r['status']} | #{r['issue']} | {r['result']} | "
                      f"{tests or '-'} |")
     if report["gaps"]:
-        lines += ["", "Implemented requirements without a passing test: " + ", ".join(report["gaps"])]
+        lines += ["", "Implemented requirements without a passing test: "
+                  + ", ".join(report["gaps"])]
     return "\n".join(lines) + "\n"
