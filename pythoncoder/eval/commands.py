@@ -74,8 +74,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     box.add_argument("--memory-mb", type=int, default=2048, help="address-space limit (2048)")
     box.add_argument("--workers", type=int, default=default_workers(),
                      help="parallel sandboxes (default min(8, CPUs))")
-    box.add_argument("--k", type=_int_list, default=DEFAULT_KS, metavar="K,K,...",
-                     help="pass@k to report, those with k <= n (default 1,5,10,20,50,100,200)")
+    box.add_argument("--k", type=_int_list, default=None, metavar="K,K,...",
+                     help="pass@k to report, those with k <= n (default: n and "
+                          + ",".join(map(str, DEFAULT_KS)) + ")")
     box.add_argument("--out", type=Path, default=None, metavar="FILE.jsonl",
                      help="per-sample results (default: next to the samples)")
     box.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -89,9 +89,14 @@ def task_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, int]]
     return counts
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], ks: Iterable[int] = DEFAULT_KS) -> dict:
-    """Totals and ``pass@k`` (for every requested ``k`` not above the per-problem n)."""
+def summarize(rows: Sequence[Mapping[str, Any]], ks: Iterable[int] | None = None) -> dict:
+    """Totals and ``pass@k`` for every requested ``k`` not above the per-problem ``n``.
+
+    By default ``ks`` is :data:`DEFAULT_KS` plus ``n`` itself (the best-of-n figure).
+    """
     counts = task_counts(rows)
+    if ks is None:
+        ks = (*DEFAULT_KS, min((n for n, _ in counts.values()), default=1))
     outcomes = {"passed": 0, "failed": 0, "timed out": 0}
     for row in rows:
         outcomes[row["result"].split(":", 1)[0]] += 1

@@ -79,6 +79,7 @@ class SandboxResult:
     stdout_truncated: bool
     stderr_truncated: bool
     duration_s: float
+    pid: int  # also the process group id; the group is gone once the result exists
 
     @property
     def passed(self) -> bool:
@@ -223,7 +224,7 @@ def _supervise(proc: subprocess.Popen, report_fd: int, payload: bytes, nonce: st
     return SandboxResult(
         status=status, reason=reason, returncode=returncode, stdout=out.text(),
         stderr=err.text(), stdout_truncated=out.dropped > 0, stderr_truncated=err.dropped > 0,
-        duration_s=duration,
+        duration_s=duration, pid=proc.pid,
     )
 
 
