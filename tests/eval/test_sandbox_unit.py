@@ -1,0 +1,171 @@
+"""Unit tests of the sandbox: channels, guards, limits and clean-up."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+import textwrap
+
+import pytest
+
+from pythoncoder.eval.sandbox import (
+    SandboxConfig,
+    _verdict,
+    network_namespace_prefix,
+    run_program,
+    run_programs,
+)
+
+FAST = SandboxConfig(timeout_s=1.0)
+
+
+def run(source: str, config: SandboxConfig = FAST):
+    return run_program(textwrap.dedent(source), config)
+
+
+def test_pass_fail_and_reason():
+    assert run("x = 1").result == "passed"
+    assert run("assert 1 == 2, 'nope'").result == "failed: AssertionError: nope"
+    assert run("def f(:\n  pass").result.startswith("failed: SyntaxError")
+    assert run("raise SystemExit(0)").result == "failed: SystemExit: 0"
+    assert run("raise KeyboardInterrupt").result == "failed: KeyboardInterrupt"
+
+
+def test_cannot_forge_the_success_token():
+    forged = """
+        import os, sys
+        print("PASS deadbeef"); sys.stdout.flush()
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b"PASS 0123456789abcdef0123456789abcdef\\n")
+            except OSError:
+                pass
+        os._exit(0)
+    """
+    assert not run(forged).passed
+
+
+def test_nonce_is_not_in_argv_env_stdin_or_files():
+    probe = """
+        import os, sys
+        assert os.read(0, 100) == b""
+        blob = " ".join(sys.argv) + " ".join(os.environ.values())
+        for name in os.listdir("."):
+            blob += open(name).read()
+        print(blob)
+    """
+    result = run(probe)
+    assert result.passed, result.result
+    # the nonce is 32 hex digits; nothing of that shape is visible
+    assert not any(len(w) == 32 and all(c in "0123456789abcdef" for c in w)
+                   for w in result.stdout.split())
+
+
+def test_clean_environment_and_temp_workdir():
+    probe = """
+        import os, tempfile
+        assert not any("proxy" in k.lower() for k in os.environ), os.environ
+        assert set(os.environ) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"}, os.environ
+        cwd = os.getcwd()
+        assert os.path.basename(cwd).startswith("pythoncoder-sbx-")
+        assert os.environ["HOME"] == cwd == tempfile.gettempdir()
+        open("scratch.txt", "w").write("ok")
+        os.mkdir("sub"); os.rename("scratch.txt", "sub/moved.txt"); os.remove("sub/moved.txt")
+        print(cwd)
+    """
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "pythoncoder-sbx-*")))
+    result = run(probe)
+    assert result.passed, result.result
+    assert not os.path.exists(result.stdout.strip())  # removed afterwards
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "pythoncoder-sbx-*"))) <= before
+
+
+@pytest.mark.parametrize("escape", [
+    "import os; os.symlink('/etc', 'link'); open('link/x', 'w')",
+    "import os; fd = os.open('/tmp', os.O_RDONLY)\n"
+    "os.open('x', os.O_CREAT | os.O_WRONLY, dir_fd=fd)",
+    "import os; os.mkdir('/tmp/pythoncoder-escape')",
+    "import os; os.link('/etc/hostname', 'hard')",
+    "import ctypes",
+    "import resource; resource.setrlimit(resource.RLIMIT_CPU, (100, 100))",
+    "import gc; gc.get_objects()",
+    "import os; os.execv('/bin/true', ['true'])",
+    "import os; os.posix_spawn('/bin/true', ['true'], {})",
+    "import pty; pty.fork()",
+    "import os; os.kill(1, 0)",
+    "import os; os.killpg(1, 0)",
+    "open('/proc/self/mem', 'rb')",
+])
+def test_guard_refuses(escape):
+    result = run(escape)
+    assert result.result.startswith("failed: PermissionError: sandbox:"), result.result
+    assert not os.path.exists("/tmp/pythoncoder-escape")
+
+
+def test_closing_stdout_does_not_confuse_the_harness():
+    assert run("import sys; sys.stdout.close(); sys.stderr.close()").passed
+    closed_fds = "import os\nos.close(1)\nos.close(2)\nwhile True:\n    pass\n"
+    assert run(closed_fds).result == "timed out"
+
+
+def test_output_is_capped_and_drained():
+    config = SandboxConfig(timeout_s=5.0, output_cap_bytes=1000)
+    result = run("import sys\nprint('x' * 10**7)\nsys.stderr.write('e' * 10**6)", config)
+    assert result.passed
+    assert len(result.stdout) == 1000 and result.stdout_truncated
+    assert len(result.stderr) == 1000 and result.stderr_truncated
+    assert not run("print('small')").stdout_truncated
+
+
+def test_file_size_limit():
+    config = SandboxConfig(timeout_s=2.0, file_size_bytes=1 << 20)
+    result = run("open('big', 'wb').write(b'x' * (4 << 20))", config)
+    assert result.result.startswith("failed: OSError"), result.result  # EFBIG
+    assert run("open('ok', 'wb').write(b'x' * (1 << 19))", config).passed
+
+
+def test_memory_limit():
+    config = SandboxConfig(memory_bytes=512 * 1024**2)
+    assert run("b = bytearray(1024**3)", config).result == "failed: MemoryError"
+    assert run("b = bytearray(100 * 1024**2)", config).passed
+
+
+def test_killed_by_signal_is_reported():
+    result = run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert result.result == "failed: killed by signal SIGKILL"
+
+
+def test_cpu_limit_backs_up_the_wall_clock():
+    config = SandboxConfig(timeout_s=1.0)
+    assert config.cpu_seconds == 2
+    # Ignore SIGXCPU: the hard CPU limit still kills it, or the wall clock does.
+    result = run("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+                 "while True:\n    pass\n", config)
+    assert result.result in ("timed out", "failed: killed by signal SIGKILL")
+
+
+def test_network_namespace_when_available():
+    result = run("import os\nprint(os.readlink('/proc/self/ns/net'))")
+    assert result.passed
+    mine = os.readlink("/proc/self/ns/net")
+    if network_namespace_prefix():
+        assert result.stdout.strip() != mine
+    else:
+        pytest.skip("unshare -n not permitted here; sockets are refused by the guard only")
+
+
+def test_run_programs_keeps_order_and_reports_each():
+    seen = []
+    sources = [f"assert {i} % 2 == 0" for i in range(6)]
+    results = run_programs(sources, FAST, workers=3, on_result=lambda i, r: seen.append(i))
+    assert [r.passed for r in results] == [True, False] * 3
+    assert sorted(seen) == list(range(6))
+
+
+def test_verdict_requires_token_and_clean_exit():
+    assert _verdict("PASS abc\n", "abc", 0) == ("passed", "")
+    assert _verdict("PASS abc\n", "abc", 1)[0] == "failed"
+    assert _verdict("PASS abd\n", "abc", 0)[0] == "failed"
+    assert _verdict("", "abc", -9) == ("failed", "killed by signal SIGKILL")
+    assert _verdict("FAIL ValueError: x\n", "abc", 1) == ("failed", "ValueError: x")
