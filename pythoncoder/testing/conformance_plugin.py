@@ -3,7 +3,8 @@
 Tests tag the requirements they prove with ``@pytest.mark.req("DIFF-01", ...)``.
 
 * A tag naming an ID that is not in ``spec/`` is a usage error at collection time.
-* A conformance test with no tag is a usage error too (every case cites its clause).
+* A test under a ``conformance/`` directory with no tag is a usage error too (every
+  case cites its clause); tests elsewhere are ignored by the plugin.
 * With ``--conformance-report=DIR`` the run is a full conformance run: every
   ``implemented`` requirement needs at least one *passing* tagged test, otherwise the
   session fails. The report ``DIR/conformance-report.json`` and ``.md`` list each
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from pythoncoder.spec import DEFAULT_SPEC_DIR, load_spec
+
+CONFORMANCE_DIR = "conformance"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,6 +47,8 @@ class _Tracker:
     def pytest_collection_modifyitems(self, session, config: pytest.Config, items) -> None:
         spec, problems = self.state["spec"], []
         for item in items:
+            if CONFORMANCE_DIR not in item.path.parts:
+                continue  # unit tests collected in the same run are not conformance cases
             ids = [rid for m in item.iter_markers("req") for rid in m.args]
             if not ids:
                 problems.append(f"{item.nodeid}: no @pytest.mark.req(...) tag")

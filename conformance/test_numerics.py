@@ -1,0 +1,94 @@
+"""DROP-01 (model side) and NUM-01: dropout policy and the bf16/fp32 dtype policy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pythoncoder.model import ModelConfig, build_model, lm_loss
+from pythoncoder.spec import check_values
+
+
+@pytest.fixture(scope="module")
+def model_and_rows(make_micro):
+    cfg = make_micro()
+    model = build_model(cfg, seed=2)
+    rows = jax.random.randint(jax.random.PRNGKey(8), (2, 17), 0, cfg.vocab_size)
+    return model, rows[:, :-1], rows[:, 1:]
+
+
+@pytest.mark.req("DROP-01")
+def test_dropout_rate_and_default_deterministic(model_and_rows):
+    assert ModelConfig.preset("1b").dropout_rate == check_values("DROP-01")["rate"]
+    model, x, _ = model_and_rows
+    a, b = model(x), model(x)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(model(x, deterministic=True)))
+
+
+@pytest.mark.req("DROP-01")
+def test_dropout_active_when_not_deterministic(model_and_rows):
+    model, x, y = model_and_rows
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+
+    def loss(key, det=False):
+        return float(lm_loss(model, x, y, deterministic=det, dropout_key=key).total)
+
+    assert loss(k1) != loss(k2)  # two dropout keys, two losses
+    assert loss(k1) == loss(k1)  # the key fully determines the mask
+    assert loss(k1, det=True) == loss(k2, det=True)  # evaluation ignores the key
+    assert loss(k1) != loss(k1, det=True)
+    with pytest.raises(ValueError, match="dropout_key"):
+        model(x, deterministic=False)
+
+
+@pytest.mark.req("DROP-01")
+def test_dropout_sits_on_both_branches(make_micro, model_and_rows):
+    """p=0 and deterministic give identical outputs; p>0 changes the output even when the
+    attention branch alone, or the MLP branch alone, is live (the other zeroed)."""
+    _, x, _ = model_and_rows
+    cfg = make_micro(dropout_rate=0.0)
+    model = build_model(cfg, seed=2)
+    key = jax.random.PRNGKey(3)
+    np.testing.assert_array_equal(np.asarray(model(x, deterministic=False, dropout_key=key)),
+                                  np.asarray(model(x)))
+    for dead in ("mlp", "attn"):
+        m = build_model(make_micro(dropout_rate=0.5), seed=2)
+        branch = getattr(m.blocks, dead)
+        out_proj = branch.down if dead == "mlp" else branch.o_proj
+        out_proj.kernel[...] = jnp.zeros_like(out_proj.kernel[...])
+        live = np.asarray(m(x, deterministic=False, dropout_key=key))
+        assert not np.allclose(live, np.asarray(m(x)), rtol=1e-6, atol=1e-6), dead
+
+
+@pytest.mark.req("NUM-01")
+def test_bf16_compute_fp32_params_logits_loss(make_micro):
+    cfg = make_micro(compute_dtype="bfloat16")
+    model = build_model(cfg, seed=0)
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert params and all(p.dtype == jnp.float32 for p in params)  # fp32 masters
+    x = jnp.arange(16, dtype=jnp.int32).reshape(1, 16)
+    h, _ = model.hidden_states(x)
+    assert h.dtype == jnp.bfloat16  # activations in the compute dtype
+    assert model.blocks.attn.q_proj.dtype == jnp.bfloat16
+    assert model.logits(h).dtype == jnp.float32
+    assert model.mtp_logits(h, x).dtype == jnp.float32
+    loss = lm_loss(model, x, x)
+    assert loss.total.dtype == jnp.float32 and np.isfinite(float(loss.total))
+    # The traced program really multiplies in bf16 and takes the softmax in fp32.
+    gdef, state = nnx.split(model)
+    jaxpr = str(jax.make_jaxpr(lambda s, t: nnx.merge(gdef, s)(t))(state, x))
+    assert "bf16" in jaxpr and "dot_general" in jaxpr
+    # bf16 compute stays close to the fp32 model with the same parameters
+    ref = build_model(make_micro(compute_dtype="float32"), seed=0)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref(x)), rtol=0, atol=0.1)
+
+
+@pytest.mark.req("NUM-01")
+def test_auto_compute_dtype_by_backend():
+    cfg = ModelConfig.preset("tiny")
+    assert cfg.compute_dtype == "auto"
+    want = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    assert cfg.dtype() == want
+    assert ModelConfig.preset("tiny", compute_dtype="bfloat16").dtype() == jnp.bfloat16
