@@ -1,0 +1,379 @@
+"""KV-cache generation: prefill, a jitted one-token decode step, and MTP self-speculation.
+
+Cache layout (INF-01).  One :class:`~pythoncoder.model.KVCache` serves prefill, decode and
+verification: (layers, batch, slots, ...) in the model's GQA layout, preallocated to a
+static length.  All rows share one write offset ``index`` (the model takes a scalar
+``cache_index``); rows of different lengths are left-padded.  Each row also keeps an
+``offset``: the number of its slots that hold no real token.  Such slots carry segment id
+0, which real tokens (segment 1) never attend to, and a token in slot ``s`` gets RoPE
+position ``s - offset``; so every row computes exactly what an unpadded run would.
+
+Speculative decoding (INF-02).  With the last emitted token ``x`` not yet in the cache
+and ``h`` the last block's output at the previous slot, the MTP module drafts ``d`` from
+``(h, x)``; one forward over ``[x, d]`` verifies it.  Greedy: ``y = argmax p(.|x)``; if
+``y == d`` both ``d`` and ``argmax p(.|x, d)`` are emitted, otherwise only ``y``.
+Rollback is by offset: if every row rejects, ``index`` advances by one and slot
+``index+1`` is simply overwritten next time; if only some rows reject, ``index`` advances
+by two and each rejecting row marks the stale slot as a hole (segment 0, ``offset += 1``),
+so rows accept and reject independently inside one batched forward.
+
+Why greedy speculation is exactly plain greedy: the verify logits for ``x`` come from the
+same weights, cache contents, positions and masks as a one-token decode of ``x``; the
+argmax is the same function of those logits.  Equality is bitwise when the T=2 forward
+rounds like the T=1 forward, which holds on XLA:CPU in fp32 (checked by the conformance
+suite); on accelerators a matmul may round differently for a different row count, and a
+greedy tie within an ulp could then break the other way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pythoncoder.infer.sampling import (
+    EOS_ID,
+    GREEDY,
+    SamplingConfig,
+    num_sampleable,
+    probabilities,
+    sample,
+    speculative_accept,
+)
+from pythoncoder.model import KVCache, ModelConfig, PythonCoder
+
+PAD_TOKEN = 0  # any id works: left-pad slots are masked by segment id 0
+SLOT_ALIGN = 128
+PROMPT_ALIGN = 16
+
+
+class DecodeState(NamedTuple):
+    """Everything a decode step carries; donated to each step so the cache is updated in place.
+
+    ``pending_B`` is the last emitted token, not yet written to the cache; ``hidden_BD`` is
+    the last block's output at slot ``index - 1`` (the MTP module's input).
+    """
+
+    cache: KVCache
+    index: jax.Array  # int32 scalar: the next free slot, shared by all rows
+    offset_B: jax.Array  # int32: slots without a real token (left pads + rollback holes)
+    pending_B: jax.Array
+    hidden_BD: jax.Array
+    key: jax.Array
+
+
+class StepOutput(NamedTuple):
+    """What one step emits: ``tokens[b, :count[b]]``; ``accepted`` only when speculating."""
+
+    tokens_BK: jax.Array
+    count_B: jax.Array
+    accepted_B: jax.Array | None
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """Generated ids per row (prompt excluded, EOS excluded) and why each row stopped."""
+
+    tokens: list[list[int]]
+    finish_reasons: list[str]  # "eos" | "stop" | "length"
+    stats: dict[str, Any]
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int | None = None,
+             pad_id: int = PAD_TOKEN) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens (B, P) int32, pads (B,) int32): prompts right-aligned in a (B, P) block."""
+    longest = max(len(p) for p in prompts)
+    length = longest if length is None else length
+    if length < longest:
+        raise ValueError(f"prompt length {longest} exceeds the padded length {length}")
+    out = np.full((len(prompts), length), pad_id, np.int32)
+    pads = np.zeros((len(prompts),), np.int32)
+    for i, p in enumerate(prompts):
+        pads[i] = length - len(p)
+        out[i, pads[i]:] = np.asarray(p, np.int32)
+    return out, pads
+
+
+# ---- the model passes (pure functions of a merged model) ---------------------------------
+def cached_forward(model: PythonCoder, cache: KVCache, tokens_BT: jax.Array, index: jax.Array,
+                   offset_B: jax.Array, segment_ids_BT: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Write ``tokens`` at slots ``index..index+T-1``; positions are ``slot - offset``."""
+    B, T = tokens_BT.shape
+    slots_1T = (index + jnp.arange(T, dtype=jnp.int32)).reshape(1, T)
+    positions_BT = jnp.maximum(slots_1T - offset_B.reshape(B, 1), 0)
+    return model.hidden_states(tokens_BT, positions_BT=positions_BT,
+                               segment_ids_BT=segment_ids_BT, cache=cache, cache_index=index)
+
+
+def _prefill(model: PythonCoder, tokens_BP, pads_B, key, *, cache_len: int,
+             sampling: SamplingConfig, num_real: int, all_logits: bool):
+    B, P = tokens_BP.shape
+    cache = model.init_cache(B, cache_len)
+    seg_BP = (jnp.arange(P, dtype=jnp.int32).reshape(1, P) >= pads_B.reshape(B, 1)).astype(
+        jnp.int32)
+    h, cache = cached_forward(model, cache, tokens_BP, jnp.zeros((), jnp.int32), pads_B, seg_BP)
+    logits = model.logits(h if all_logits else h[:, -1:])
+    key, k = jax.random.split(key)
+    first = sample(logits[:, -1], k, sampling, num_real)
+    state = DecodeState(cache, jnp.asarray(P, jnp.int32), pads_B, first, h[:, -1], key)
+    return state, StepOutput(first.reshape(B, 1), jnp.ones((B,), jnp.int32), None), logits
+
+
+def _decode(model: PythonCoder, state: DecodeState, *, sampling: SamplingConfig,
+            num_real: int):
+    B = state.pending_B.shape[0]
+    h, cache = cached_forward(model, state.cache, state.pending_B.reshape(B, 1), state.index,
+                              state.offset_B, jnp.ones((B, 1), jnp.int32))
+    logits = model.logits(h)[:, 0]
+    key, k = jax.random.split(state.key)
+    token = sample(logits, k, sampling, num_real)
+    new = DecodeState(cache, state.index + 1, state.offset_B, token, h[:, 0], key)
+    return new, StepOutput(token.reshape(B, 1), jnp.ones((B,), jnp.int32), None), logits
+
+
+def _speculate(model: PythonCoder, state: DecodeState, *, sampling: SamplingConfig,
+               num_real: int):
+    B = state.pending_B.shape[0]
+    key, k_draft, k_accept, k_next = jax.random.split(state.key, 4)
+    x = state.pending_B.reshape(B, 1)
+    draft_logits = model.mtp_logits(state.hidden_BD.reshape(B, 1, -1), x)[:, 0]
+    draft = sample(draft_logits, k_draft, sampling, num_real)
+    both = jnp.concatenate([x, draft.reshape(B, 1)], axis=1)
+    h, cache = cached_forward(model, state.cache, both, state.index, state.offset_B,
+                              jnp.ones((B, 2), jnp.int32))
+    logits = model.logits(h)
+    if sampling.greedy:
+        first = sample(logits[:, 0], k_accept, sampling, num_real)
+        accepted = first == draft
+    else:
+        accepted, first = speculative_accept(
+            probabilities(logits[:, 0], sampling, num_real),
+            probabilities(draft_logits, sampling, num_real), draft, k_accept)
+    second = sample(logits[:, 1], k_next, sampling, num_real)
+
+    any_accepted = jnp.any(accepted)
+    hole_B = any_accepted & ~accepted  # stale draft slot inside the kept range
+    stale = state.index + 1
+    seg = cache.segment_ids
+    col = jax.lax.dynamic_slice_in_dim(seg, stale, 1, axis=2)
+    col = jnp.where(hole_B.reshape(1, B, 1), 0, col)
+    cache = cache._replace(segment_ids=jax.lax.dynamic_update_slice_in_dim(seg, col, stale,
+                                                                           axis=2))
+    new = DecodeState(
+        cache=cache,
+        index=state.index + jnp.where(any_accepted, 2, 1).astype(jnp.int32),
+        offset_B=state.offset_B + hole_B.astype(jnp.int32),
+        pending_B=jnp.where(accepted, second, first),
+        hidden_BD=jnp.where(accepted.reshape(B, 1), h[:, 1], h[:, 0]),
+        key=key,
+    )
+    out = StepOutput(jnp.stack([first, second], axis=1), jnp.where(accepted, 2, 1), accepted)
+    return new, out, logits
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(graphdef: Any) -> dict[str, Callable]:
+    """Jitted passes for one model structure; parameters are arguments (compile once)."""
+
+    def bind(fn):
+        def run(params, *args, **kw):
+            return fn(nnx.merge(graphdef, params), *args, **kw)
+        return run
+
+    statics = ("sampling", "num_real")
+    return {
+        "prefill": jax.jit(bind(_prefill),
+                           static_argnames=("cache_len", "all_logits", *statics)),
+        "decode": jax.jit(bind(_decode), static_argnames=statics, donate_argnums=(1,)),
+        "speculate": jax.jit(bind(_speculate), static_argnames=statics, donate_argnums=(1,)),
+    }
+
+
+class Engine:
+    """Batched generation for one model structure.
+
+    ``params`` may be swapped per call (``generate(..., params=nnx.state(other))``) for
+    models of the same config: the compiled programs are reused.
+    """
+
+    def __init__(self, model: PythonCoder, *, num_real_tokens: int | None = None) -> None:
+        self.cfg: ModelConfig = model.cfg
+        self.graphdef, self.params = nnx.split(model)
+        self.num_real = (num_sampleable(self.cfg.vocab_size) if num_real_tokens is None
+                         else num_real_tokens)
+        self.programs = _programs(self.graphdef)
+
+    # ---- single passes (used by generate and by the conformance tests) -------------------
+    def prefill(self, prompts_BP: np.ndarray, pads_B: np.ndarray, *, cache_len: int,
+                key: jax.Array, sampling: SamplingConfig = GREEDY, params: Any = None,
+                all_logits: bool = False) -> tuple[DecodeState, StepOutput, jax.Array]:
+        return self.programs["prefill"](
+            self.params if params is None else params, jnp.asarray(prompts_BP, jnp.int32),
+            jnp.asarray(pads_B, jnp.int32), key, cache_len=cache_len, sampling=sampling,
+            num_real=self.num_real, all_logits=all_logits)
+
+    def decode(self, state: DecodeState, *, sampling: SamplingConfig = GREEDY,
+               params: Any = None) -> tuple[DecodeState, StepOutput, jax.Array]:
+        """One token per row; ``state`` is donated (do not reuse it)."""
+        return self.programs["decode"](self.params if params is None else params, state,
+                                       sampling=sampling, num_real=self.num_real)
+
+    def speculate(self, state: DecodeState, *, sampling: SamplingConfig = GREEDY,
+                  params: Any = None) -> tuple[DecodeState, StepOutput, jax.Array]:
+        """Draft with MTP, verify in one T=2 forward; one or two tokens per row."""
+        return self.programs["speculate"](self.params if params is None else params, state,
+                                          sampling=sampling, num_real=self.num_real)
+
+    # ---- the generation loop --------------------------------------------------------------
+    def cache_len_for(self, prompt_len: int, max_new_tokens: int, batch: int,
+                      speculative: bool) -> int:
+        """Slots to preallocate: the prompt and the generation, plus room for holes when a
+        batch speculates (rows that reject while others accept use two slots per token)."""
+        need = prompt_len + max_new_tokens
+        if speculative:
+            need += max_new_tokens if batch > 1 else 1
+        return round_up(need, SLOT_ALIGN)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        sampling: SamplingConfig = GREEDY,
+        seed: int = 0,
+        eos_id: int | None = EOS_ID,
+        stop: Callable[[int, list[int]], bool] | None = None,
+        speculative: bool = False,
+        on_tokens: Callable[[int, list[int]], None] | None = None,
+        params: Any = None,
+        cache_len: int | None = None,
+        prompt_len: int | None = None,
+    ) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` per prompt (token ids in, token ids out).
+
+        ``stop(row, generated)`` is asked after each new token (e.g. text stop sequences);
+        ``on_tokens(row, new)`` streams.  ``cache_len`` / ``prompt_len`` pin the static
+        shapes (default: rounded up from the need), so repeated calls reuse one compile.
+        """
+        B = len(prompts)
+        if B == 0:
+            return GenerationResult([], [], {})
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty; generation needs at least one token")
+            bad = [t for t in p if not 0 <= int(t) < self.cfg.vocab_size]
+            if bad:
+                raise ValueError(f"prompt {i} has token ids outside [0, "
+                                 f"{self.cfg.vocab_size}): {bad[:5]}")
+        longest = max(len(p) for p in prompts)
+        limit = self.cfg.max_position_embeddings
+        if longest + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                f"model's {limit}-token context (INF-04)")
+        P = prompt_len or round_up(longest, PROMPT_ALIGN)
+        S = cache_len or self.cache_len_for(P, max_new_tokens, B, speculative)
+        if S < P + 1:
+            raise ValueError(f"cache_len={S} leaves no room after a {P}-token prompt")
+        tokens_BP, pads_B = left_pad(prompts, P)
+        key = jax.random.PRNGKey(seed)
+
+        gen: list[list[int]] = [[] for _ in range(B)]
+        reasons: list[str | None] = [None] * B
+        stats = dict(batch=B, prompt_tokens=int(sum(len(p) for p in prompts)), steps=0,
+                     drafted=0, accepted=0, speculative=speculative)
+
+        def absorb(out: StepOutput) -> None:
+            toks, counts = np.asarray(out.tokens_BK), np.asarray(out.count_B)
+            acc = None if out.accepted_B is None else np.asarray(out.accepted_B)
+            for b in range(B):
+                if reasons[b] is not None:
+                    continue
+                if acc is not None:
+                    stats["drafted"] += 1
+                    stats["accepted"] += int(acc[b])
+                new: list[int] = []
+                for t in toks[b, :counts[b]].tolist():
+                    if eos_id is not None and t == eos_id:
+                        reasons[b] = "eos"
+                        break
+                    gen[b].append(t)
+                    new.append(t)
+                    if len(gen[b]) >= max_new_tokens:
+                        reasons[b] = "length"
+                        break
+                    if stop is not None and stop(b, gen[b]):
+                        reasons[b] = "stop"
+                        break
+                if new and on_tokens is not None:
+                    on_tokens(b, new)
+
+        t0 = time.perf_counter()
+        state, out, _ = self.prefill(tokens_BP, pads_B, cache_len=S, key=key,
+                                     sampling=sampling, params=params)
+        absorb(out)
+        t1 = time.perf_counter()
+        index_bound = P  # an upper bound of state.index, exact after a sync
+        in_flight: StepOutput | None = None
+        while True:
+            active = [b for b in range(B) if reasons[b] is None]
+            if not active:
+                break
+            # Every step emits >= 1 token per row: stop dispatching once all rows are full.
+            lower = min(len(gen[b]) for b in active) + (in_flight is not None)
+            if lower >= max_new_tokens:
+                if in_flight is not None:
+                    absorb(in_flight)
+                    in_flight = None
+                    continue
+                break
+            use_spec = speculative and index_bound + 2 <= S
+            if speculative and not use_spec:
+                index_bound = int(state.index)  # sync: the bound assumed +2 per step
+                use_spec = index_bound + 2 <= S
+            if not use_spec and index_bound + 1 > S:
+                if in_flight is not None:
+                    absorb(in_flight)
+                    in_flight = None
+                    continue
+                for b in active:
+                    reasons[b] = "length"  # the preallocated cache is full
+                break
+            if use_spec:
+                state, out, _ = self.speculate(state, sampling=sampling, params=params)
+                index_bound += 2
+            else:
+                state, out, _ = self.decode(state, sampling=sampling, params=params)
+                index_bound += 1
+            stats["steps"] += 1
+            # Absorb the previous step while this one runs (async dispatch).
+            if in_flight is not None:
+                absorb(in_flight)
+            in_flight = out
+        jax.block_until_ready(state)
+        t2 = time.perf_counter()
+        new_tokens = sum(len(g) for g in gen)
+        stats.update(
+            generated_tokens=new_tokens,
+            cache_len=S,
+            prefill_seconds=t1 - t0,
+            decode_seconds=t2 - t1,
+            decode_tokens_per_second=(new_tokens - B) / max(t2 - t1, 1e-9),
+            acceptance_rate=(stats["accepted"] / stats["drafted"]) if stats["drafted"]
+            else math.nan,
+        )
+        return GenerationResult(gen, [r or "length" for r in reasons], stats)
