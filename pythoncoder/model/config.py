@@ -179,7 +179,7 @@ _PRESET_FIELDS: dict[str, dict[str, Any]] = {
         name="small", hidden_size=768, num_layers=12, head_dim=64, intermediate_size=2048,
     ),
     "tiny": dict(
-        name="tiny", hidden_size=192, num_layers=6, head_dim=16, intermediate_size=768,
+        name="tiny", hidden_size=128, num_layers=6, head_dim=16, intermediate_size=1024,
         max_position_embeddings=8192, attn_block_size=256, loss_chunk_size=1024,
         remat_policy="none", tpu_aligned=False,
     ),

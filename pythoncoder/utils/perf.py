@@ -1,0 +1,57 @@
+"""Device ceilings measured in-process, and model FLOP accounting for MFU."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from pythoncoder.model import ModelConfig
+
+
+def _time(fn, *args, min_time: float = 0.3, max_iters: int = 200) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    iters, start = 0, time.perf_counter()
+    while True:
+        jax.block_until_ready(fn(*args))
+        iters += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time or iters >= max_iters:
+            return elapsed / iters
+
+
+def measure_matmul_flops(dtype=None, n: int | None = None, min_time: float = 0.3) -> float:
+    """Dense square-matmul rate (FLOP/s) in ``dtype`` on the default device."""
+    dtype = dtype or (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    n = n or (1024 if jax.default_backend() == "cpu" else 8192)
+    a = jnp.ones((n, n), dtype)
+    b = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    return 2 * n**3 / _time(f, a, b, min_time=min_time)
+
+
+def measure_copy_bandwidth(nbytes: int | None = None, min_time: float = 0.3) -> float:
+    """Device memory bandwidth (bytes/s) of an array copy: reads + writes."""
+    nbytes = nbytes or (256 << 20 if jax.default_backend() == "cpu" else 2 << 30)
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    f = jax.jit(lambda v: v + 1.0)
+    return 2 * nbytes / _time(f, x, min_time=min_time)
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Model FLOPs per trained token, MaxText-style: 6 x matmul parameters + attention.
+
+    * matmul parameters: every weight matrix except the embedding lookup; the output
+      head counts twice because the MTP module reuses it (main + MTP logits).
+    * attention (causal, so half the full T x T map), forward + backward = 3 x forward:
+      per layer the two differential score maps cost 2*T*q_width and A.V costs
+      2*T*(heads*2*head_dim) = 2*T*q_width, so 3 * 0.5 * 4 * T * q_width = 6*T*q_width.
+    """
+    d, L = cfg.hidden_size, cfg.num_layers
+    attn = d * cfg.q_width + 2 * d * cfg.kv_width + cfg.num_diff_heads * cfg.value_head_dim * d
+    mlp = 3 * d * cfg.intermediate_size
+    head = d * cfg.vocab_size
+    mtp = 2 * d * d
+    matmul_params = L * (attn + mlp) + 2 * head + mtp
+    return 6.0 * matmul_params + L * 6.0 * seq_len * cfg.q_width
