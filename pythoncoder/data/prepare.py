@@ -1,0 +1,404 @@
+"""``pythoncoder prepare``: filter, tokenize in parallel, pack and shard (DATA-01, DATA-02).
+
+Pipeline, in order for every document:
+
+1. decode as UTF-8 (a BOM is dropped); undecodable files are dropped;
+2. size limits: fewer than ``min_chars`` non-blank characters or more than
+   ``max_bytes`` bytes are dropped;
+3. exact duplicates (same content hash) are dropped, the first one kept;
+4. in worker processes: ``ast.parse`` (files that are not Python are dropped) and
+   tokenization, special-token strings treated as plain text;
+5. the split is chosen by a hash of the document key (its path), so it is stable;
+6. documents are joined with EOS, which ends every document and is a target, and cut
+   into rows of exactly ``seq_len + 1`` tokens (see :mod:`pythoncoder.data.shards`).
+
+The tail of each split's stream that does not fill a row is dropped, never padded.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from pythoncoder.data import shards as shards_lib
+from pythoncoder.data import sources as sources_lib
+from pythoncoder.data.tokenizer import (
+    EOS_ID,
+    NUM_TOKENS,
+    cache_dir,
+    load_tokenizer,
+    tokenizer_fingerprint,
+)
+
+DEFAULT_SEQ_LEN = 2048
+DEFAULT_VAL_FRACTION = 0.01
+DEFAULT_MAX_BYTES = 1_000_000
+DEFAULT_MIN_CHARS = 1
+DEFAULT_SHARD_TOKENS = 1 << 25  # 128 MiB of uint32 per shard
+_CHUNK_CHARS = 1 << 19  # text per worker task
+_CHUNK_DOCS = 256
+
+DROP_REASONS = ("not_utf8", "too_small", "too_large", "duplicate", "syntax_error")
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """``"val"`` for a stable ``val_fraction`` of keys (by sha256 of the key), else ``"train"``."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return "val" if h < val_fraction * 2.0**64 else "train"
+
+
+def parses_as_python(text: str, filename: str = "<document>") -> bool:
+    """Whether ``ast.parse`` accepts ``text`` under the running interpreter's grammar."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings of valid code are noise here
+            ast.parse(text, filename=filename)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return False
+    return True
+
+
+# --- worker side -------------------------------------------------------------------------
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+    _WORKER_TOKENIZER.encode_special_tokens = True
+
+
+def _parse_and_encode(chunk: list[tuple[str, str]]) -> list[np.ndarray | None]:
+    """Token ids (uint32, EOS appended) of each document that parses, else ``None``."""
+    assert _WORKER_TOKENIZER is not None
+    ok = [parses_as_python(text, key) for key, text in chunk]
+    texts = [text for (_, text), good in zip(chunk, ok) if good]
+    encoded = iter(_WORKER_TOKENIZER.encode_batch_fast(texts, add_special_tokens=False))
+    out: list[np.ndarray | None] = []
+    for good in ok:
+        if not good:
+            out.append(None)
+            continue
+        ids = np.empty(len(enc := next(encoded)) + 1, dtype=np.uint32)
+        ids[:-1] = enc.ids
+        ids[-1] = EOS_ID
+        out.append(ids)
+    return out
+
+
+# --- main side ---------------------------------------------------------------------------
+
+
+class _Packer:
+    """Packs one split's EOS-terminated documents into rows and writes shards."""
+
+    def __init__(self, out_dir: Path, split: str, seq_len: int, shard_rows: int) -> None:
+        self.out_dir, self.split = out_dir, split
+        self.seq_len, self.row_len, self.shard_rows = seq_len, seq_len + 1, shard_rows
+        self.pending: list[np.ndarray] = []
+        self.pending_tokens = 0
+        self.carry = np.empty(0, dtype=np.uint32)
+        self.rows: list[np.ndarray] = []
+        self.num_rows_buffered = 0
+        self.shards: list[dict[str, Any]] = []
+        self.documents = 0
+        self.doc_tokens = 0
+        self.flush_tokens = max(self.row_len, min(shard_rows * seq_len, 1 << 20))
+
+    def add(self, ids: np.ndarray) -> None:
+        self.pending.append(ids)
+        self.pending_tokens += len(ids)
+        self.documents += 1
+        self.doc_tokens += len(ids)
+        if self.pending_tokens >= self.flush_tokens:
+            self._cut_rows()
+
+    def _cut_rows(self) -> None:
+        stream = np.concatenate([self.carry, *self.pending])
+        self.pending, self.pending_tokens = [], 0
+        n = (len(stream) - 1) // self.seq_len if len(stream) >= self.row_len else 0
+        if n:
+            windows = np.lib.stride_tricks.sliding_window_view(stream, self.row_len)
+            self.rows.append(np.array(windows[:: self.seq_len][:n]))
+            self.num_rows_buffered += n
+        self.carry = stream[n * self.seq_len :].copy()
+        while self.num_rows_buffered >= self.shard_rows:
+            self._write(self.shard_rows)
+
+    def _write(self, n: int) -> None:
+        block = np.concatenate(self.rows) if len(self.rows) > 1 else self.rows[0]
+        path = self.out_dir / shards_lib.shard_name(self.split, len(self.shards))
+        self.shards.append(shards_lib.write_shard(path, block[:n]))
+        rest = block[n:]
+        self.rows = [rest] if len(rest) else []
+        self.num_rows_buffered = len(rest)
+
+    def finish(self) -> dict[str, Any]:
+        self._cut_rows()
+        if self.num_rows_buffered:
+            self._write(self.num_rows_buffered)
+        rows = sum(s["rows"] for s in self.shards)
+        # Tokens of the stream that are no row's target: the unfilled tail.
+        dropped = len(self.carry) - (1 if rows else 0)
+        return {
+            "rows": rows,
+            "tokens": rows * self.row_len,
+            "documents": self.documents,
+            "document_tokens": self.doc_tokens,
+            "dropped_tail_tokens": int(dropped),
+            "shards": self.shards,
+        }
+
+
+def _chunks(docs: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    chunk: list[tuple[str, str]] = []
+    chars = 0
+    for doc in docs:
+        chunk.append(doc)
+        chars += len(doc[1])
+        if chars >= _CHUNK_CHARS or len(chunk) >= _CHUNK_DOCS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def _filtered(docs: Iterable[sources_lib.Document], counts: Counter, max_bytes: int,
+              min_chars: int) -> Iterator[tuple[str, str]]:
+    seen: set[bytes] = set()
+    for key, content in docs:
+        counts["files_seen"] += 1
+        if isinstance(content, bytes):
+            try:
+                text = content.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                counts["not_utf8"] += 1
+                continue
+        else:
+            text = content.removeprefix("\ufeff")
+        if len(text) > max_bytes or len(text.encode("utf-8")) > max_bytes:
+            counts["too_large"] += 1
+            continue
+        if len(text) - sum(map(text.count, " \t\r\n\f\v")) < min_chars:
+            counts["too_small"] += 1
+            continue
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        if digest in seen:
+            counts["duplicate"] += 1
+            continue
+        seen.add(digest)
+        yield key, text
+
+
+def _run_tasks(chunks: Iterator[list[tuple[str, str]]], tokenizer_json: str, num_workers: int
+               ) -> Iterator[tuple[list[tuple[str, str]], list[np.ndarray | None]]]:
+    """``(chunk, encoded)`` in input order, with at most a few chunks in flight."""
+    if num_workers <= 1:
+        _init_worker(tokenizer_json)
+        for chunk in chunks:
+            yield chunk, _parse_and_encode(chunk)
+        return
+    ctx = multiprocessing.get_context(_start_method())
+    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer_json,)) as pool:
+        in_flight: deque = deque()
+        for chunk in chunks:
+            in_flight.append((chunk, pool.apply_async(_parse_and_encode, (chunk,))))
+            if len(in_flight) >= 2 * num_workers + 1:
+                done_chunk, result = in_flight.popleft()
+                yield done_chunk, result.get()
+        while in_flight:
+            done_chunk, result = in_flight.popleft()
+            yield done_chunk, result.get()
+
+
+def _start_method() -> str:
+    """``fork`` (fast, works from any ``__main__``) unless a multithreaded runtime is loaded.
+
+    JAX and grain start threads on import, and forking a multithreaded process can
+    deadlock; then the workers are spawned instead.
+    """
+    threaded = any(m in sys.modules for m in ("jax", "grain", "torch", "tensorflow"))
+    if threaded or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    return "fork"
+
+
+def default_num_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Remove a previous manifest first, so an interrupted run never looks complete."""
+    (out_dir / shards_lib.MANIFEST).unlink(missing_ok=True)
+    for split in shards_lib.SPLITS:
+        for old in out_dir.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9].npy"):
+            old.unlink()
+
+
+def prepare(
+    sources: list[str | Path],
+    out_dir: str | Path,
+    *,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    num_workers: int | None = None,
+    max_files: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    min_chars: int = DEFAULT_MIN_CHARS,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    tokenizer_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare ``sources`` (none: the stdlib) into shards under ``out_dir``; return the manifest.
+
+    ``shard_tokens`` bounds the tokens per shard (whole rows; at least one row).
+    ``max_files`` caps the number of documents read, for quick runs.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    if not 0.0 <= val_fraction <= 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out_dir)
+    tok = load_tokenizer(tokenizer_path)
+    num_workers = default_num_workers() if num_workers is None else max(1, num_workers)
+    shard_rows = max(1, shard_tokens // (seq_len + 1))
+    packers = {s: _Packer(out_dir, s, seq_len, shard_rows) for s in shards_lib.SPLITS}
+    counts: Counter = Counter()
+
+    docs = sources_lib.iter_documents(list(sources), max_files=max_files)
+    chunks = _chunks(_filtered(docs, counts, max_bytes, min_chars))
+    bar = tqdm(total=sources_lib.count_documents(list(sources), max_files), unit="file",
+               desc="prepare", disable=not progress, dynamic_ncols=True)
+    tokens = 0
+    with bar:
+        for chunk, encoded in _run_tasks(chunks, tok.to_str(), num_workers):
+            for (key, _), ids in zip(chunk, encoded):
+                if ids is None:
+                    counts["syntax_error"] += 1
+                    continue
+                packers[split_of(key, val_fraction)].add(ids)
+                tokens += len(ids)
+            # The bar counts files read so far, including the dropped ones.
+            bar.update(counts["files_seen"] - bar.n)
+            bar.set_postfix(tokens=f"{tokens / 1e6:.1f}M", refresh=False)
+        bar.update(counts["files_seen"] - bar.n)
+
+    splits = {name: packer.finish() for name, packer in packers.items()}
+    elapsed = time.perf_counter() - start
+    kept = sum(s["documents"] for s in splits.values())
+    manifest = {
+        "format": shards_lib.FORMAT,
+        "tokenizer_sha256": tokenizer_fingerprint(tok),
+        "vocab_size": NUM_TOKENS,
+        "eos_id": EOS_ID,
+        "seq_len": seq_len,
+        "row_len": seq_len + 1,
+        "row_stride": seq_len,
+        "dtype": "uint32",
+        "segment_ids": "1 + number of EOS tokens before the position in its row",
+        "val_fraction": val_fraction,
+        "sources": [str(s) for s in sources] or [f"stdlib:{sources_lib.stdlib_dir()}"],
+        "python": sources_lib.python_version_tag(),
+        "filter": {"max_bytes": max_bytes, "min_chars": min_chars, "max_files": max_files},
+        "stats": {
+            "files_seen": counts["files_seen"],
+            "files_kept": kept,
+            "dropped": {reason: counts[reason] for reason in DROP_REASONS},
+            "document_tokens": tokens,
+            "seconds": round(elapsed, 3),
+            "tokens_per_second": round(tokens / elapsed) if elapsed > 0 else None,
+            "num_workers": num_workers,
+        },
+        "splits": splits,
+    }
+    shards_lib.write_manifest(out_dir, manifest)
+    return manifest
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """A few human-readable lines about a prepared directory."""
+    st = manifest["stats"]
+    dropped = ", ".join(f"{k} {v}" for k, v in st["dropped"].items() if v) or "none"
+    lines = [
+        f"files: {st['files_seen']} read, {st['files_kept']} kept; dropped: {dropped}",
+        f"tokens: {st['document_tokens']:,} in {st['seconds']:.1f}s "
+        f"({st['tokens_per_second'] or 0:,} tokens/s, {st['num_workers']} processes)",
+    ]
+    for name, sp in manifest["splits"].items():
+        lines.append(f"{name}: {sp['documents']} documents, {sp['rows']} rows of "
+                     f"{manifest['row_len']} tokens in {len(sp['shards'])} shard(s), "
+                     f"{sp['dropped_tail_tokens']} tail tokens dropped")
+    return "\n".join(lines)
+
+
+def stdlib_cache_dir(seq_len: int, fingerprint: str, max_files: int | None = None,
+                     root: str | Path | None = None,
+                     val_fraction: float = DEFAULT_VAL_FRACTION) -> Path:
+    """Cache location of the prepared stdlib: tokenizer hash, seq_len, Python version."""
+    root = Path(root) if root is not None else cache_dir() / "data"
+    extra = "" if max_files is None else f"-n{max_files}"
+    extra += "" if val_fraction == DEFAULT_VAL_FRACTION else f"-v{val_fraction:g}"
+    name = f"stdlib-{sources_lib.python_version_tag()}-L{seq_len}{extra}-{fingerprint[:12]}"
+    return root / name
+
+
+def ensure_stdlib_data(seq_len: int, cache_dir: str | Path | None = None, *,
+                       max_files: int | None = None, num_workers: int | None = None,
+                       val_fraction: float = DEFAULT_VAL_FRACTION,
+                       progress: bool = True) -> Path:
+    """Prepare the interpreter's stdlib once into the user cache; return its directory.
+
+    The directory is keyed by tokenizer hash, ``seq_len``, Python version (and
+    ``max_files``); it is built under a temporary name and renamed, so concurrent
+    callers never see a partial one.  The default corpus of ``pythoncoder train``.
+    """
+    fingerprint = tokenizer_fingerprint(load_tokenizer())
+    target = stdlib_cache_dir(seq_len, fingerprint, max_files, cache_dir, val_fraction)
+    if _complete(target, seq_len, fingerprint):
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    prepare([], tmp, seq_len=seq_len, val_fraction=val_fraction, num_workers=num_workers,
+            max_files=max_files, progress=progress)
+    if target.exists() and not _complete(target, seq_len, fingerprint):
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not _complete(target, seq_len, fingerprint):  # lost a race to a broken entry
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        print(f"prepared stdlib corpus in {target}", file=sys.stderr)
+    return target
+
+
+def _complete(path: Path, seq_len: int, fingerprint: str) -> bool:
+    try:
+        manifest = shards_lib.read_manifest(path)
+    except shards_lib.ShardError:
+        return False
+    return manifest.get("seq_len") == seq_len and manifest.get("tokenizer_sha256") == fingerprint

@@ -1,0 +1,143 @@
+"""Raw documents for ``prepare``: directories of ``.py`` files, JSONL, Parquet, the stdlib.
+
+Every document is a ``(key, content)`` pair.  The key is a stable path-like name: the
+path relative to the source directory, the record's ``path`` field, or
+``file:line``/``file:row``.  The train/validation split hashes the key, so it does not
+depend on where the corpus sits on disk or in which order sources are given.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+# A record's own path names it when present (The Stack style datasets).
+PATH_FIELDS = ("path", "max_stars_repo_path", "filepath", "file_path")
+CONTENT_FIELD = "content"
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git"}
+
+Document = tuple[str, bytes | str]
+
+
+def stdlib_dir() -> Path:
+    """Directory of the running interpreter's standard library."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def python_files(root: str | Path) -> list[Path]:
+    """``.py`` files under ``root`` in sorted order, skipping installed packages and caches."""
+    root = Path(root)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        out += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
+    return out
+
+
+def _iter_directory(root: Path, prefix: str, max_files: int | None) -> Iterator[Document]:
+    for path in python_files(root)[:max_files]:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue  # a dangling link or unreadable file is not a document
+        yield prefix + path.relative_to(root).as_posix(), data
+
+
+def _record_key(record: dict, fallback: str) -> str:
+    for field in PATH_FIELDS:
+        value = record.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return fallback
+
+
+def _iter_jsonl(path: Path) -> Iterator[Document]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            content = record.get(CONTENT_FIELD)
+            if isinstance(content, str):
+                yield _record_key(record, f"{path.name}:{lineno}"), content
+
+
+def _iter_parquet(path: Path) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = set(pf.schema_arrow.names)
+    if CONTENT_FIELD not in names:
+        raise ValueError(f"{path}: no {CONTENT_FIELD!r} column")
+    columns = [CONTENT_FIELD] + [f for f in PATH_FIELDS if f in names]
+    row = 0
+    for batch in pf.iter_batches(columns=columns, batch_size=1024):
+        for record in batch.to_pylist():
+            row += 1
+            content = record.get(CONTENT_FIELD)
+            if isinstance(content, str):
+                yield _record_key(record, f"{path.name}:{row}"), content
+
+
+def iter_documents(sources: list[str | Path], max_files: int | None = None) -> Iterator[Document]:
+    """Documents of every source in order; ``max_files`` caps the total count.
+
+    No sources means the running interpreter's standard library.  A source is a
+    directory (its ``.py`` files), a ``.py`` file, a ``.jsonl``/``.jsonl.gz`` file whose
+    records have a ``content`` field, or a ``.parquet`` file with a ``content`` column.
+    """
+    def all_docs() -> Iterator[Document]:
+        if not sources:
+            yield from _iter_directory(stdlib_dir(), "", max_files)
+            return
+        for source in sources:
+            path = Path(source)
+            name = path.name.lower()
+            if path.is_dir():
+                yield from _iter_directory(path, "" if len(sources) == 1 else f"{path.name}/",
+                                           max_files)
+            elif not path.exists():
+                raise FileNotFoundError(f"source not found: {path}")
+            elif name.endswith(".py"):
+                yield path.name, path.read_bytes()
+            elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+                yield from _iter_jsonl(path)
+            elif name.endswith(".parquet"):
+                yield from _iter_parquet(path)
+            else:
+                raise ValueError(f"unsupported source {path}: expected a directory, .py, "
+                                 ".jsonl[.gz] or .parquet")
+
+    for n, doc in enumerate(all_docs()):
+        if max_files is not None and n >= max_files:
+            return
+        yield doc
+
+
+def count_documents(sources: list[str | Path], max_files: int | None = None) -> int | None:
+    """Document count when it is cheap to know (directories, .py files), else ``None``."""
+    if not sources:
+        n = len(python_files(stdlib_dir()))
+        return n if max_files is None else min(n, max_files)
+    total = 0
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            total += len(python_files(path))
+        elif path.name.endswith(".py"):
+            total += 1
+        else:
+            return None
+    return total if max_files is None else min(total, max_files)
+
+
+def python_version_tag() -> str:
+    """``cpython-3.11.7``: names the stdlib corpus of this interpreter."""
+    v = sys.version_info
+    return f"{sys.implementation.name}-{v.major}.{v.minor}.{v.micro}"
