@@ -17,12 +17,14 @@ Rollback is by offset: if every row rejects, ``index`` advances by one and slot
 by two and each rejecting row marks the stale slot as a hole (segment 0, ``offset += 1``),
 so rows accept and reject independently inside one batched forward.
 
-Why greedy speculation is exactly plain greedy: the verify logits for ``x`` come from the
-same weights, cache contents, positions and masks as a one-token decode of ``x``; the
-argmax is the same function of those logits.  Equality is bitwise when the T=2 forward
-rounds like the T=1 forward, which holds on XLA:CPU in fp32 (checked by the conformance
-suite); on accelerators a matmul may round differently for a different row count, and a
-greedy tie within an ulp could then break the other way.
+Why greedy speculation gives the plain greedy tokens: the verify logits for ``x`` come
+from the same weights, cache contents, positions and masks as a one-token decode of ``x``,
+and the argmax is the same function of them.  The only difference is the row count of
+the matmuls (B*2 vs B), which can change their tiling and so the last ulp or two of fp32
+logits (bitwise equal in some shapes on XLA:CPU, not all).  Tokens can therefore differ
+only on a greedy near-tie below that rounding (~1e-6 in fp32; wider in bf16, where any
+speculative decoder shares the caveat).  The conformance suite checks token equality over
+random models and the logit agreement bound.
 """
 
 from __future__ import annotations
@@ -297,9 +299,11 @@ class Engine:
         stats = dict(batch=B, prompt_tokens=int(sum(len(p) for p in prompts)), steps=0,
                      drafted=0, accepted=0, speculative=speculative)
 
-        def absorb(out: StepOutput) -> None:
+        def absorb(out: StepOutput, is_step: bool = True) -> None:
             toks, counts = np.asarray(out.tokens_BK), np.asarray(out.count_B)
             acc = None if out.accepted_B is None else np.asarray(out.accepted_B)
+            if is_step and any(r is None for r in reasons):
+                stats["steps"] += 1  # steps whose output was used (not the overrun one)
             for b in range(B):
                 if reasons[b] is not None:
                     continue
@@ -325,7 +329,7 @@ class Engine:
         t0 = time.perf_counter()
         state, out, _ = self.prefill(tokens_BP, pads_B, cache_len=S, key=key,
                                      sampling=sampling, params=params)
-        absorb(out)
+        absorb(out, is_step=False)
         t1 = time.perf_counter()
         index_bound = P  # an upper bound of state.index, exact after a sync
         in_flight: StepOutput | None = None
@@ -359,7 +363,6 @@ class Engine:
             else:
                 state, out, _ = self.decode(state, sampling=sampling, params=params)
                 index_bound += 1
-            stats["steps"] += 1
             # Absorb the previous step while this one runs (async dispatch).
             if in_flight is not None:
                 absorb(in_flight)
