@@ -76,29 +76,35 @@ def parses_as_python(text: str, filename: str = "<document>") -> bool:
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_json: str) -> None:
+def _init_worker(tokenizer_json: str, in_process: bool = False) -> None:
     global _WORKER_TOKENIZER
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
+    if not in_process:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
     _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
     _WORKER_TOKENIZER.encode_special_tokens = True
 
 
-def _parse_and_encode(chunk: list[tuple[str, str]]) -> list[np.ndarray | None]:
-    """Token ids (uint32, EOS appended) of each document that parses, else ``None``."""
+def _encode_eos(texts: list[str]) -> list[np.ndarray]:
     assert _WORKER_TOKENIZER is not None
-    ok = [parses_as_python(text, key) for key, text in chunk]
-    texts = [text for (_, text), good in zip(chunk, ok) if good]
-    encoded = iter(_WORKER_TOKENIZER.encode_batch_fast(texts, add_special_tokens=False))
-    out: list[np.ndarray | None] = []
-    for good in ok:
-        if not good:
-            out.append(None)
-            continue
-        ids = np.empty(len(enc := next(encoded)) + 1, dtype=np.uint32)
+    out = []
+    for enc in _WORKER_TOKENIZER.encode_batch_fast(texts, add_special_tokens=False):
+        ids = np.empty(len(enc) + 1, dtype=np.uint32)
         ids[:-1] = enc.ids
         ids[-1] = EOS_ID
         out.append(ids)
     return out
+
+
+def _parse_and_encode(chunk: list[tuple[str, str]]) -> list[np.ndarray | None]:
+    """Token ids (uint32, EOS appended) of each document that parses, else ``None``."""
+    ok = [parses_as_python(text, key) for key, text in chunk]
+    encoded = iter(_encode_eos([text for (_, text), good in zip(chunk, ok) if good]))
+    return [next(encoded) if good else None for good in ok]
+
+
+def _encode_only(chunk: list[tuple[str, str]]) -> list[np.ndarray]:
+    """Token ids without the parse check (throughput measurements)."""
+    return _encode_eos([text for _, text in chunk])
 
 
 # --- main side ---------------------------------------------------------------------------
@@ -205,19 +211,20 @@ def _filtered(docs: Iterable[sources_lib.Document], counts: Counter, max_bytes: 
         yield key, text
 
 
-def _run_tasks(chunks: Iterator[list[tuple[str, str]]], tokenizer_json: str, num_workers: int
+def _run_tasks(chunks: Iterable[list[tuple[str, str]]], tokenizer_json: str, num_workers: int,
+               task=_parse_and_encode
                ) -> Iterator[tuple[list[tuple[str, str]], list[np.ndarray | None]]]:
-    """``(chunk, encoded)`` in input order, with at most a few chunks in flight."""
+    """``(chunk, task(chunk))`` in input order, with at most a few chunks in flight."""
     if num_workers <= 1:
-        _init_worker(tokenizer_json)
+        _init_worker(tokenizer_json, in_process=True)
         for chunk in chunks:
-            yield chunk, _parse_and_encode(chunk)
+            yield chunk, task(chunk)
         return
     ctx = multiprocessing.get_context(_start_method())
     with ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer_json,)) as pool:
         in_flight: deque = deque()
         for chunk in chunks:
-            in_flight.append((chunk, pool.apply_async(_parse_and_encode, (chunk,))))
+            in_flight.append((chunk, pool.apply_async(task, (chunk,))))
             if len(in_flight) >= 2 * num_workers + 1:
                 done_chunk, result = in_flight.popleft()
                 yield done_chunk, result.get()

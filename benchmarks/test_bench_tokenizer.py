@@ -1,0 +1,58 @@
+"""Tokenizer throughput against tiktoken on the same files (BENCH-01: "tokenizer vs tiktoken").
+
+The reference is tiktoken over the same ranks, regex and specials, measured in the same
+run on the same documents (a fixed sample of the stdlib).  Each benchmark records
+``tokens_per_second``; the ours/tiktoken ratio is recorded by the pool benchmark.
+``python -m pythoncoder.data.throughput`` prints the same comparison on the whole stdlib.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pythoncoder.data import prepare as prep
+from pythoncoder.data import throughput
+from pythoncoder.data.tokenizer import load_tokenizer
+
+_RESULTS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return throughput.load_texts(max_files=None)[::4]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json():
+    return load_tokenizer().to_str()
+
+
+def _record(benchmark, name: str, tokens: int) -> None:
+    tps = tokens / benchmark.stats.stats.mean
+    _RESULTS[name] = tps
+    benchmark.extra_info["tokens"] = tokens
+    benchmark.extra_info["tokens_per_second"] = round(tps)
+
+
+def test_tiktoken_one_process(benchmark, docs):
+    enc = throughput.tiktoken_encoding()
+    tokens = benchmark.pedantic(throughput.count_tiktoken, args=(docs, enc), rounds=3,
+                                iterations=1)
+    _record(benchmark, "tiktoken", tokens)
+
+
+def test_ours_one_process(benchmark, docs, tokenizer_json):
+    tokens = benchmark.pedantic(throughput.count_ours, args=(docs, 1, tokenizer_json),
+                                rounds=3, iterations=1)
+    _record(benchmark, "ours-1", tokens)
+
+
+def test_ours_process_pool(benchmark, docs, tokenizer_json):
+    workers = prep.default_num_workers()
+    tokens = benchmark.pedantic(throughput.count_ours, args=(docs, workers, tokenizer_json),
+                                rounds=3, iterations=1)
+    _record(benchmark, "ours-pool", tokens)
+    benchmark.extra_info["processes"] = workers
+    if "tiktoken" in _RESULTS:
+        benchmark.extra_info["ratio_to_tiktoken_one_process"] = round(
+            _RESULTS["ours-pool"] / _RESULTS["tiktoken"], 3)
