@@ -121,6 +121,11 @@ def test_cli_prepare(tmp_path, capsys):
     assert m["seq_len"] == 32 and m["val_fraction"] == 0.25 and m["stats"]["files_kept"] == 8
     assert "8 kept" in capsys.readouterr().out
     assert cli_main(["prepare", str(tmp_path / "src"), "--no-progress"]) == 2
+    # No sources: the running interpreter's stdlib, written to --out.
+    rc = cli_main(["prepare", "--out", str(tmp_path / "std"), "--seq-len", "32", "--workers",
+                   "1", "--max-files", "6", "--no-progress"])
+    m = shards.read_manifest(tmp_path / "std")
+    assert rc == 0 and m["stats"]["files_seen"] == 6 and m["sources"][0].startswith("stdlib:")
 
 
 def test_ensure_stdlib_data_prepares_once(tmp_path, monkeypatch):
