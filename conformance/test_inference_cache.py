@@ -75,8 +75,9 @@ def test_cached_decode_equals_full_forward_tiny_batched(tiny_model):
 
 
 @pytest.mark.req("INF-01")
-def test_cache_check_catches_a_position_bug(micro_cfg):
+def test_cache_check_catches_a_position_bug(make_micro):
     """Negative control: one decode step at the wrong RoPE offset misses by >> ATOL."""
+    micro_cfg = make_micro(num_layers=2)
     model = build_model(micro_cfg, seed=3)
     engine = Engine(model)
     rng = np.random.default_rng(1)
@@ -120,28 +121,40 @@ def test_cached_decode_equals_full_forward_with_yarn_past_2048(make_micro):
         pos, plain_model.cfg)[0]))) > 0.1
 
 
-@pytest.mark.req("INF-04")
-def test_prompt_plus_generation_reaches_8192(make_micro):
-    """A 7680-token prompt plus 512 generated tokens fills the 8192-token context (YaRN on);
-    the last generated token is the full forward's argmax over the 8191 tokens before it."""
+def _long_context_model(make_micro):
     cfg = make_micro(num_layers=1, hidden_size=32, head_dim=8, num_q_subheads=4,
                      num_kv_subheads=2, intermediate_size=32, attn_block_size=512).with_yarn()
     assert cfg.max_position_embeddings == 8192
-    model = build_model(cfg, seed=4)
+    return build_model(cfg, seed=4)
+
+
+@pytest.mark.req("INF-04")
+def test_prompt_plus_generation_reaches_8192(make_micro):
+    """A 7680-token prompt plus 512 generated tokens fills the 8192-token context (YaRN on,
+    every slot of an 8192-slot cache used); one more token is refused with a clear error."""
+    model = _long_context_model(make_micro)
     engine = Engine(model)
-    rng = np.random.default_rng(3)
-    prompt = rng.integers(0, cfg.vocab_size, 7680).tolist()
+    prompt = np.random.default_rng(3).integers(0, model.cfg.vocab_size, 7680).tolist()
     result = engine.generate([prompt], max_new_tokens=512, eos_id=None)
     assert result.finish_reasons == ["length"]
     assert result.stats["cache_len"] == 8192
     assert len(result.tokens[0]) == 512 and len(prompt) + 512 == 8192
+    with pytest.raises(ValueError, match="8192"):
+        engine.generate([prompt], max_new_tokens=513)
+
+
+@pytest.mark.slow
+@pytest.mark.req("INF-04", "INF-01")
+def test_token_8192_is_the_full_forward_argmax(make_micro):
+    """The last of 8192 tokens is the full forward's argmax over the 8191 before it."""
+    model = _long_context_model(make_micro)
+    prompt = np.random.default_rng(3).integers(0, model.cfg.vocab_size, 7680).tolist()
+    result = Engine(model).generate([prompt], max_new_tokens=512, eos_id=None)
     # One extra trailing token makes 8192 (a multiple of the attention block); causality
     # keeps it from touching position 8190, whose logits chose the last token.
     fed = prompt + result.tokens[0][:-1] + [0]
     logits = nnx.jit(lambda m, t: m(t)[:, 8190])(model, jnp.asarray([fed], jnp.int32))
     assert int(jnp.argmax(logits[0])) == result.tokens[0][-1]
-    with pytest.raises(ValueError, match="8192"):
-        engine.generate([prompt], max_new_tokens=513)
 
 
 @pytest.mark.req("INF-04", "ARCH-05")
