@@ -123,10 +123,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     """Train and return a summary. ``stop_after`` ends the process early (for resume
     tests) exactly as a preemption would, after saving a checkpoint."""
     from pythoncoder.data.loader import make_loader
+    from pythoncoder.data.shards import ShardError
 
     maybe_initialize_distributed()
     run_dir = Path(run_dir)
-    mesh = mesh or make_mesh()
+    if mesh is None:  # as many devices as evenly split a micro-batch's rows
+        usable = math.gcd(jax.device_count(), train_cfg.micro_batch)
+        mesh = make_mesh(1, usable, jax.devices()[:usable])
     procs = jax.process_count()
     rows_per_step = train_cfg.micro_batch * train_cfg.accum_steps
     if rows_per_step % procs:
@@ -170,7 +173,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     try:
         val_loader = make_loader(data_dir, split="val", batch_size=train_cfg.micro_batch,
                                  seed=train_cfg.seed)
-    except (FileNotFoundError, ValueError) as e:
+    except (ShardError, FileNotFoundError, ValueError) as e:
         log(f"no validation split ({e}); validation loss disabled")
 
     flops_per_token = train_flops_per_token(model_cfg, train_cfg.seq_len)
@@ -207,7 +210,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         first_val = evaluate(eval_fn, state.params, val_loader, train_cfg.eval_batches)
         _append(metrics_path, {"step": 0, "val_loss": first_val})
         history["val_loss"].append((0, first_val))
-    with _Sigterm() as sigterm, mesh:
+    with _Sigterm() as sigterm:
         try:
             for global_step in range(start, plan.total_steps):
                 batch = global_batch(_reshape_batch(next(loader), train_cfg.accum_steps), mesh)
@@ -248,7 +251,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
                 bar.update(1)
                 at_ckpt = done % train_cfg.steps_per_checkpoint == 0 or done == plan.total_steps
                 stopping = sigterm.received or (stop_after is not None and done >= stop_after)
-                if at_ckpt or stopping:
+                if (at_ckpt or stopping) and consecutive_bad:
+                    log(f"step {done}: checkpoint deferred during a non-finite streak; the "
+                        f"last good one (step {ckpt.latest_step()}) stays")
+                elif at_ckpt or stopping:
                     checkpoint(done)
                 if stopping:
                     log(f"stopping at step {done} ({'SIGTERM' if sigterm.received else 'stop'}"
