@@ -12,11 +12,12 @@ from pythoncoder.model import PRESETS, ModelConfig
 # CPU-friendly defaults per preset; the 1b uses the design doc's values (TrainConfig()).
 PRESET_TRAIN_DEFAULTS = {
     "tiny": dict(seq_len=256, micro_batch=4, accum_steps=1, peak_lr=2e-3, epochs=1,
-                 steps_per_checkpoint=50, eval_batches=4),
+                 steps_per_checkpoint=40, eval_batches=4),
     "small": dict(seq_len=1024, micro_batch=8, accum_steps=2, peak_lr=1e-3,
                   steps_per_checkpoint=500),
     "1b": dict(),
 }
+DEFAULT_STEPS = {"tiny": 120}
 TRAIN_OVERRIDES = ("seq_len", "micro_batch", "accum_steps", "epochs", "peak_lr",
                    "warmup_steps", "weight_decay", "clip_norm", "steps_per_checkpoint",
                    "keep_checkpoints", "seed", "eval_batches", "log_every",
@@ -39,7 +40,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None,
                    help="prepared data dir (default: prepare the stdlib into the user cache)")
     p.add_argument("--out", default="runs/tiny", help="run directory (checkpoints, metrics)")
-    p.add_argument("--steps", type=int, default=None, help="total optimizer steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="total optimizer steps (default for tiny: 120, about 10 min on 2 "
+                        "CPU cores; otherwise the plan from the data and --epochs)")
     p.add_argument("--tokens", type=float, default=None,
                    help="tokens per epoch for the plan (default: the data's size)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -70,6 +73,9 @@ def run_train(args: argparse.Namespace) -> int:
     total_steps = args.steps
     if args.tokens is not None and total_steps is None:
         total_steps = plan_run(int(args.tokens), train_cfg).total_steps
+    if total_steps is None and args.epochs is None:
+        # the demo budget: about 10 minutes on a 2-core CPU; --epochs/--tokens for more
+        total_steps = DEFAULT_STEPS.get(args.preset)
     data = args.data
     if data is None:
         from pythoncoder.data.prepare import ensure_stdlib_data
