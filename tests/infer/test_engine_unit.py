@@ -79,3 +79,21 @@ def test_small_cache_ends_with_length(engine):
                           prompt_len=10)
     # slots 0..15: the 10-token prompt and 6 fed tokens -> 7 generated
     assert res.finish_reasons == ["length"] and len(res.tokens[0]) == 7
+
+
+def test_casting_the_matrices_leaves_bf16_logits_bitwise_unchanged():
+    """The model casts kernels and the embedding to the compute dtype at every use anyway."""
+    import jax
+    import jax.numpy as jnp
+
+    model = build_model(CFG.replace(compute_dtype="bfloat16"), seed=3)
+    cast, raw = Engine(model), Engine(model, cast_params=False)
+    leaves = jax.tree.leaves(cast.params)
+    assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)}
+    toks, pads = left_pad([[1, 2, 3], [4, 5]])
+    out = []
+    for e in (cast, raw):
+        _, _, logits = e.prefill(toks, pads, cache_len=16, key=jax.random.PRNGKey(0),
+                                 all_logits=True)
+        out.append(np.asarray(logits))
+    np.testing.assert_array_equal(out[0], out[1])

@@ -1,0 +1,126 @@
+"""Decode tokens/s, plain and MTP-speculative, at batch 1 and 8, vs the bandwidth roofline.
+
+BENCH-01 ("decode tokens/s vs bandwidth roofline; speculative speedup and acceptance").
+A decode step must read every weight it uses once (the embedding only for the B rows it
+gathers) plus the KV cache of the live context, so at best
+
+    roofline tokens/s = B * bandwidth / (param bytes + KV bytes per step),
+
+with ``bandwidth`` the device copy bandwidth measured in the same run (a jitted,
+in-place ``x + 1`` over 256 MiB: read + write).  KV bytes use the mean live context, layers x B x
+context x 1024 values for the 1b layout (the model's ``kv_values_per_token_per_layer``).
+The same plain-decode roofline is used for the speculative runs, so a ratio above 1
+means the drafts paid for themselves.
+
+Default: the ``tiny`` preset (random weights, so MTP drafts are almost never accepted:
+speculation's worst case), plus an "agreeable" random tiny model whose MTP head agrees
+often (``pythoncoder.infer.synthetic``).  ``PYTHONCODER_BENCH_DECODE_PRESET=small|1b``
+selects a bigger preset (meant for an accelerator); ``PYTHONCODER_BENCH_DECODE_NEW`` and
+``..._PROMPT`` set the lengths.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pythoncoder.infer.engine import Engine
+from pythoncoder.infer.synthetic import agreeable_model
+from pythoncoder.model import ModelConfig, build_model
+
+PRESET = os.environ.get("PYTHONCODER_BENCH_DECODE_PRESET", "tiny")
+NEW = int(os.environ.get("PYTHONCODER_BENCH_DECODE_NEW", "64"))
+PROMPT = int(os.environ.get("PYTHONCODER_BENCH_DECODE_PROMPT", "128"))
+COPY_BYTES = 256 * 2**20
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a jitted in-place ``x + 1`` over COPY_BYTES (best of 5; read + write).
+
+    The input is donated, so the pass streams through one buffer; without donation each
+    call would allocate 256 MiB afresh and on CPU time the page faults, not the memory.
+    """
+    f = jax.jit(lambda a: a + 1.0, donate_argnums=0)
+    x = f(jnp.zeros((COPY_BYTES // 4,), jnp.float32)).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        x = f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * COPY_BYTES / best
+
+
+@pytest.fixture(scope="module")
+def bandwidth() -> float:
+    return copy_bandwidth()
+
+
+@pytest.fixture(scope="module")
+def cfg() -> ModelConfig:
+    return ModelConfig.preset(PRESET)
+
+
+@pytest.fixture(scope="module")
+def engines(cfg):
+    return {"random": Engine(build_model(cfg, seed=0)),
+            "agreeable": Engine(agreeable_model(cfg, seed=0, trunk_scale=0.01, mtp_noise=0.3))}
+
+
+def step_bytes(engine: Engine, batch: int, context: float, *, with_mtp: bool) -> float:
+    """Bytes one decode step must read: weights (embedding rows only) + live KV cache."""
+    cfg = engine.cfg
+    total = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(engine.params):
+        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if keys[0] == "mtp" and not with_mtp:
+            continue
+        if keys[0] == "embed":
+            total += batch * x.shape[-1] * x.dtype.itemsize
+            continue
+        total += x.size * x.dtype.itemsize
+    kv_item = jnp.dtype(cfg.dtype()).itemsize
+    kv = cfg.num_layers * batch * context * cfg.kv_values_per_token_per_layer * kv_item
+    return total + kv
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("mode", ["plain", "speculative", "speculative-agreeable"])
+def test_decode_tokens_per_second(benchmark, engines, bandwidth, batch, mode):
+    engine = engines["agreeable" if mode.endswith("agreeable") else "random"]
+    speculative = mode != "plain"
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 151_643 if engine.cfg.vocab_size > 151_643
+                            else engine.cfg.vocab_size, PROMPT).tolist() for _ in range(batch)]
+
+    def run():
+        return engine.generate(prompts, max_new_tokens=NEW, eos_id=None,
+                               speculative=speculative)
+
+    run()  # compile
+    results = []
+    benchmark.pedantic(lambda: results.append(run()), rounds=2, iterations=1)
+    best = max(results, key=lambda r: r.stats["decode_tokens_per_second"])
+    tps = best.stats["decode_tokens_per_second"]
+    context = PROMPT + NEW / 2
+    roofline = batch * bandwidth / step_bytes(engine, batch, context, with_mtp=False)
+    plain_like = step_bytes(engine, batch, context, with_mtp=False)
+    benchmark.extra_info.update(
+        device=str(jax.devices()[0].device_kind), preset=engine.cfg.name, batch=batch,
+        mode=mode, prompt_tokens=PROMPT, new_tokens=NEW,
+        decode_tokens_per_second=round(tps, 1),
+        copy_bandwidth_gb_s=round(bandwidth / 1e9, 2),
+        step_bytes_mb=round(plain_like / 1e6, 2),
+        roofline_tokens_per_second=round(roofline, 1),
+        roofline_ratio=round(tps / roofline, 3),
+        acceptance_rate=(round(best.stats["acceptance_rate"], 3) if speculative else None),
+        tokens_per_step=round((best.stats["generated_tokens"] - batch)
+                              / max(best.stats["steps"], 1) / batch, 3),
+    )
+    print(f"\n[decode] {engine.cfg.name} {mode} B={batch}: {tps:.1f} tok/s, roofline "
+          f"{roofline:.1f} tok/s (ratio {tps / roofline:.3f}), bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s, acceptance {benchmark.extra_info['acceptance_rate']}")
