@@ -58,6 +58,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from pythoncoder.data.shards import ShardError
     from pythoncoder.train.checkpoint import CheckpointError
     from pythoncoder.train.config import TrainConfigError, plan_run
     from pythoncoder.train.loop import NonFiniteError, train
@@ -90,7 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(model_cfg, train_cfg, data, args.out, total_steps=total_steps,
                         resume=args.resume, mesh=mesh, progress=not args.no_progress)
-    except (CheckpointError, NonFiniteError, TrainConfigError) as e:
+    except (CheckpointError, NonFiniteError, TrainConfigError, ShardError) as e:
         print(f"pythoncoder train: error: {e}", file=sys.stderr)
         return 1
     vals = summary["val_losses"]

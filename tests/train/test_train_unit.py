@@ -1,0 +1,87 @@
+"""Unit tests for the training package: sharding rules, configs, plan, CLI, plots."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pythoncoder.cli import main as cli_main
+from pythoncoder.train.config import TrainConfig, TrainConfigError, plan_run
+from pythoncoder.train.loop import plot_curves
+from pythoncoder.train.sharding import FSDP, fsdp_spec, make_mesh
+
+
+@given(shape=st.lists(st.integers(1, 64), min_size=0, max_size=4),
+       n=st.sampled_from([1, 2, 4, 8]))
+def test_fsdp_spec_shards_the_largest_divisible_axis(shape, n):
+    spec = tuple(fsdp_spec(tuple(shape), n))
+    sharded = [i for i, s in enumerate(spec) if s == FSDP]
+    divisible = [i for i, d in enumerate(shape) if d % n == 0 and d >= n]
+    if n == 1 or not divisible:
+        assert sharded == []
+    else:
+        assert len(sharded) == 1
+        assert shape[sharded[0]] == max(shape[i] for i in divisible)
+
+
+def test_make_mesh_checks_device_count():
+    import jax
+
+    n = jax.device_count()
+    assert make_mesh().shape == {"data": 1, "fsdp": n}
+    with pytest.raises(ValueError, match="does not cover"):
+        make_mesh(3, 3)
+
+
+@pytest.mark.parametrize("field,value", [("micro_batch", 0), ("peak_lr", -1.0),
+                                         ("decay_fraction", 1.5), ("clip_norm", 0.0)])
+def test_train_config_errors_name_the_field(field, value):
+    with pytest.raises(TrainConfigError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_plan_warmup_and_errors():
+    cfg = TrainConfig(seq_len=16, micro_batch=2, accum_steps=1)
+    short = plan_run(16 * 2 * 50, cfg)  # 50 steps: 2000 warmup cannot fit before decay
+    assert short.total_steps == 200 and short.warmup_steps == 20
+    long = plan_run(16 * 2 * 10_000, cfg.replace(epochs=1))
+    assert long.warmup_steps == 2000 and long.decay_start == 9000
+    with pytest.raises(TrainConfigError, match="fewer than one optimizer step"):
+        plan_run(10, cfg)
+
+
+def test_plot_curves(tmp_path):
+    rows = [{"step": i, "loss": 10 - i * 0.1, "lr": 1e-3} for i in range(1, 20)]
+    rows += [{"step": 0, "val_loss": 11.0}, {"step": 19, "val_loss": 8.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    out = plot_curves(path, tmp_path / "curves.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _cli(args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_train_cli_missing_data_is_a_clear_error(tmp_path):
+    code, _, err = _cli(["train", "--data", str(tmp_path / "nope"), "--out",
+                         str(tmp_path / "run"), "--steps", "1", "--no-progress"])
+    assert code == 1 and "nope" in err
+
+
+def test_memory_cli_json_is_consistent():
+    code, out, _ = _cli(["memory", "--preset", "tiny", "--micro-batch", "2", "--seq-len", "32",
+                         "--accum-steps", "2", "--compute-dtype", "float32", "--json"])
+    assert code == 0
+    r = json.loads(out)
+    assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] \
+        + r["temp_bytes"]
+    assert r["argument_bytes"] >= r["train_state_bytes"] > 0
+    np.testing.assert_allclose(r["total_gib"], r["total_bytes"] / 2**30, rtol=1e-12, atol=0)
