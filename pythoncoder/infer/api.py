@@ -7,8 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flax import nnx
+
 from pythoncoder.infer.engine import Engine, GenerationResult
-from pythoncoder.infer.loading import load_for_inference
+from pythoncoder.infer.loading import load_for_inference, with_config
 from pythoncoder.infer.sampling import EOS_ID, SamplingConfig
 from pythoncoder.infer.stops import TextStopper, truncate_at_stop
 
@@ -55,9 +57,13 @@ def needs_yarn(cfg_original_len: int, prompt_tokens: int, max_new_tokens: int) -
 def load_generator(run_dir: str | None, yarn: bool = False,
                    step: int | None = None) -> TextGenerator:
     """Cached per (run_dir, yarn, step): repeated calls reuse the weights and compiles."""
+    if yarn:  # the same weights under the YaRN config: no second restore
+        base = load_generator(run_dir, False, step)
+        model = nnx.merge(base.engine.graphdef, base.engine.params)
+        return TextGenerator(Engine(with_config(model, model.cfg.with_yarn())), base.tokenizer)
     from pythoncoder.data.tokenizer import load_tokenizer
 
-    model, _ = load_for_inference(run_dir, yarn=yarn, step=step)
+    model, _ = load_for_inference(run_dir, step=step)
     return TextGenerator(Engine(model), load_tokenizer())
 
 

@@ -47,15 +47,16 @@ def patched(monkeypatch, toy_generator):
 
 def test_complete_shapes_greedy_and_sampled(patched):
     prompts = ["def f(x):", "y = 1", "#"]
-    greedy = complete("RUN", prompts, n=3, temperature=0.0, max_new_tokens=8, stop=[], seed=0)
+    greedy = complete("RUN", prompts, n=3, temperature=0.0, max_new_tokens=8, stop=[], seed=0,
+                      batch_size=4)
     assert [len(c) for c in greedy] == [3, 3, 3]
     assert all(len(set(c)) == 1 for c in greedy)  # greedy: decoded once, repeated
     sampled = complete("RUN", prompts, n=4, temperature=1.0, max_new_tokens=8, stop=[], seed=0,
-                       batch_size=5)
+                       batch_size=4)
     assert [len(c) for c in sampled] == [4, 4, 4]
     assert any(len(set(c)) > 1 for c in sampled)
     again = complete("RUN", prompts, n=4, temperature=1.0, max_new_tokens=8, stop=[], seed=0,
-                     batch_size=5)
+                     batch_size=4)
     assert again == sampled  # seeded
     assert patched[0] == ("RUN", False, None)
 
@@ -63,7 +64,7 @@ def test_complete_shapes_greedy_and_sampled(patched):
 def test_complete_cuts_at_stops(patched):
     stops = ["\ndef", "\n#", "x"]
     out = complete("RUN", ["def f(x):"] * 2, n=2, temperature=1.0, max_new_tokens=30, stop=stops,
-                   seed=1)
+                   seed=1, batch_size=4)
     for row in out:
         for text in row:
             assert not any(s in text for s in stops)
@@ -71,10 +72,10 @@ def test_complete_cuts_at_stops(patched):
 
 def test_cli_json(patched, capsys):
     rc = cli_main(["generate", "--prompt", "def f(x):", "--max-new-tokens", "5", "--json",
-                   "--speculative", "-n", "2", "--temperature", "0.7", "--top-k", "20"])
+                   "--speculative", "-n", "4", "--temperature", "1.0"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["completions"]) == 2 and all(len(t) == 5 for t in out["tokens"])
+    assert len(out["completions"]) == 4 and all(len(t) == 5 for t in out["tokens"])
     assert out["stats"]["speculative"] is True
     assert 0.0 <= out["stats"]["acceptance_rate"] <= 1.0
 
