@@ -112,6 +112,9 @@ def configure_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remat", default="full", choices=["none", "full", "dots", "names"])
     p.add_argument("--compute-dtype", default="bfloat16",
                    choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--topology", default=None, choices=["v6e-1"],
+                   help="compile ahead of time with the TPU compiler for this topology "
+                        "(needs libtpu: pip install 'jax[tpu]'); default: the local backend")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_memory)
 
@@ -124,7 +127,11 @@ def run_memory(args: argparse.Namespace) -> int:
                                    compute_dtype=args.compute_dtype)
     train_cfg = TrainConfig(micro_batch=args.micro_batch, seq_len=args.seq_len,
                             accum_steps=args.accum_steps)
-    report = train_step_memory(model_cfg, train_cfg)
+    try:
+        report = train_step_memory(model_cfg, train_cfg, topology=args.topology)
+    except RuntimeError as e:
+        print(f"pythoncoder memory: {e}; falling back to the local compiler", file=sys.stderr)
+        report = train_step_memory(model_cfg, train_cfg)
     report["train_config"] = dataclasses.asdict(train_cfg)
     if args.json:
         print(json.dumps(report, indent=2))

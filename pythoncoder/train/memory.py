@@ -29,8 +29,38 @@ def abstract_train_state(model, tx) -> TrainState:
                              skipped=jnp.zeros((), jnp.int32)), params)
 
 
-def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    """Compile the train step abstractly and return its memory analysis in bytes."""
+TOPOLOGIES = {
+    # name -> get_topology_desc arguments (MaxText's accelerator_to_spec_map values)
+    "v6e-1": dict(platform="tpu", topology_name="v6e:1x1", chip_config_name="default",
+                  chips_per_host_bounds=(1, 1, 1), num_slices=1, wrap=(False, False, False)),
+}
+
+
+def topology_devices(name: str) -> list:
+    """Devices of a TPU topology for ahead-of-time compilation on a host without one.
+
+    Needs ``libtpu`` (``pip install "jax[tpu]"``); raises ``RuntimeError`` otherwise."""
+    from jax.experimental import topologies
+
+    if name not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {name!r}; known: {sorted(TOPOLOGIES)}")
+    try:
+        return list(topologies.get_topology_desc(**TOPOLOGIES[name]).devices)
+    except Exception as e:  # no libtpu, or it refused the topology
+        raise RuntimeError(f"cannot compile for {name}: {type(e).__name__}: {e}") from e
+
+
+def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+                      topology: str | None = None) -> dict[str, Any]:
+    """Compile the train step abstractly and return its memory analysis in bytes.
+
+    With ``topology`` (e.g. ``"v6e-1"``) the TPU compiler itself compiles for that chip,
+    as MaxText's ``train_compile`` does, from a CPU-only host."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from pythoncoder.train.sharding import make_mesh, state_shardings
+
     model = abstract_model(model_cfg)
     graphdef, _ = nnx.split(model, nnx.Param)
     tx, _ = make_optimizer(train_cfg, total_steps=10 * train_cfg.warmup_steps + 10)
@@ -38,7 +68,15 @@ def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[st
     batch = {"tokens": jax.ShapeDtypeStruct(
         (train_cfg.accum_steps, train_cfg.micro_batch, train_cfg.seq_len + 1), jnp.int32)}
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-    step = jax.jit(make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight),
+    step_fn = make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight)
+    if topology is None:
+        devices = jax.devices()[:1]
+    else:
+        devices = topology_devices(topology)
+    mesh = make_mesh(1, len(devices), devices)
+    shardings = state_shardings(state, mesh)
+    rep = NamedSharding(mesh, P())
+    step = jax.jit(step_fn, in_shardings=(shardings, rep, rep), out_shardings=(shardings, rep),
                    donate_argnums=0)
     compiled = step.lower(state, batch, key).compile()
     mem = compiled.memory_analysis()
@@ -49,7 +87,8 @@ def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[st
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
     return {
         "preset": model_cfg.name,
-        "compiler": f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
+        "compiler": f"{devices[0].platform} ({devices[0].device_kind})"
+                    + (" ahead-of-time via libtpu topology " + topology if topology else ""),
         "micro_batch": train_cfg.micro_batch,
         "seq_len": train_cfg.seq_len,
         "accum_steps": train_cfg.accum_steps,
