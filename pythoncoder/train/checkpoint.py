@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from pythoncoder.model import ModelConfig, PythonCoder, abstract_model
@@ -113,5 +112,4 @@ def restore_model(run_dir: str | Path, step: int | None = None, *,
     finally:
         ckpt.close()
     graphdef, _ = nnx.split(abstract_model(model_cfg), nnx.Param)
-    params = jax.tree.map(lambda x: x, state.params)
-    return nnx.merge(graphdef, params)
+    return nnx.merge(graphdef, state.params)
