@@ -15,7 +15,8 @@
 
 Options (or environment variables): ``--bench-preset`` (``PYTHONCODER_BENCH_PRESET``:
 ``auto`` = ``1b`` on TPU/GPU, ``tiny`` on CPU), ``--bench-seq-len``,
-``--bench-micro-batch``, ``--bench-accum``, ``--bench-out`` (default ``build``).
+``--bench-micro-batch``, ``--bench-accum``, ``--bench-topology`` (TPU AOT compile of the
+memory figure), ``--bench-out`` (default ``build``).
 A benchmark marked ``gpu`` and/or ``tpu`` runs only on those backends.
 """
 
@@ -51,6 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="train-step micro-batch (default 8 on TPU/GPU, 2 on CPU)")
     group.addoption("--bench-accum", type=int, default=env("PYTHONCODER_BENCH_ACCUM", 1),
                     help="train-step gradient-accumulation micro-steps (default 1)")
+    group.addoption("--bench-topology", default=env("PYTHONCODER_BENCH_TOPOLOGY"),
+                    help="compile the 1b memory figure for a TPU topology (e.g. v6e-1; "
+                    "needs libtpu) instead of the local backend")
     group.addoption("--bench-out", default=env("PYTHONCODER_BENCH_OUT", "build"),
                     help="directory for benchmarks.json/.md (relative to the rootdir)")
 

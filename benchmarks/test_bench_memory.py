@@ -3,8 +3,9 @@
 ``pythoncoder.train.memory.train_step_memory`` compiles the real train step from
 abstract inputs (nothing is allocated) at micro-batch 8 x 2048, bf16 compute, with the
 design's accumulation, and reads ``memory_analysis()``: arguments + outputs - aliased +
-temporaries.  The figure comes from the default backend's compiler (named in the
-table's device column and in ``extra_info["compiler"]``).
+temporaries.  The figure comes from the default backend's compiler, or with
+``--bench-topology v6e-1`` from the TPU compiler ahead of time (needs ``libtpu``); the
+compiler is named in the figure and in ``extra_info["compiler"]``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pythoncoder.train.config import TrainConfig
 from pythoncoder.train.memory import GIB, train_step_memory
 
 
-def test_train_step_memory_1b(benchmark, report):
+def test_train_step_memory_1b(benchmark, report, request):
     result = {}
+    topology = request.config.getoption("--bench-topology")
 
     def run():
         result.update(train_step_memory(ModelConfig.preset("1b", compute_dtype="bfloat16"),
-                                        TrainConfig()))
+                                        TrainConfig(), topology=topology))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update({k: v for k, v in result.items()
