@@ -177,7 +177,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         log(f"no validation split ({e}); validation loss disabled")
 
     flops_per_token = train_flops_per_token(model_cfg, train_cfg.seq_len)
-    peak = measure_matmul_flops(model_cfg.dtype(), min_time=0.2) * jax.device_count()
+    peak = measure_matmul_flops(model_cfg.dtype(), min_time=0.5) * mesh.devices.size
     base_key = jax.random.PRNGKey(train_cfg.seed)
     metrics_path = run_dir / "metrics.jsonl"
     start = int(meta.get("global_step", 0))
