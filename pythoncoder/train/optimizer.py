@@ -10,16 +10,39 @@ import optax
 from pythoncoder.train.config import TrainConfig
 from pythoncoder.train.schedule import wsd_schedule
 
-DECAYED_LEAVES = ("kernel", "embedding")  # matrices; norms' "scale" and lambda_* are not
+DECAYED_LEAVES = ("kernel", "embedding")  # matrices
+UNDECAYED_LEAVES = ("scale", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")  # norms, lambda
+
+
+def leaf_name(path: tuple) -> str:
+    """The parameter's own name in a pytree path: ``kernel`` for
+    ``['blocks']['mlp']['up']['kernel'].value``.
+
+    Flax NNX states flatten a ``Variable`` to its ``.value`` (an attribute key after the
+    name), so the last key is not the name: attribute and sequence keys are skipped."""
+    for key in reversed(path):
+        if isinstance(key, jax.tree_util.GetAttrKey | jax.tree_util.SequenceKey):
+            continue
+        return str(getattr(key, "key", getattr(key, "name", key)))
+    raise ValueError(f"no parameter name in path {jax.tree_util.keystr(path)!r}")
 
 
 def decay_mask(params: Any) -> Any:
     """True for weight matrices (Linear kernels, the embedding); False for RMSNorm scales
-    and the lambda vectors.  By name, because stacked layers make norms 2-D too."""
+    and the lambda vectors.  By name, because stacked layers make norms 2-D too.
+
+    A parameter with any other name is an error, not a silent "no decay": a mask that
+    matched nothing once left every run without weight decay."""
 
     def is_matrix(path, _leaf) -> bool:
-        last = path[-1]
-        return str(getattr(last, "key", getattr(last, "name", last))) in DECAYED_LEAVES
+        name = leaf_name(path)
+        if name in DECAYED_LEAVES:
+            return True
+        if name in UNDECAYED_LEAVES:
+            return False
+        raise ValueError(f"decay_mask: parameter {jax.tree_util.keystr(path)!r} is named "
+                         f"{name!r}, neither a matrix {DECAYED_LEAVES} nor a vector "
+                         f"{UNDECAYED_LEAVES}; add it to one of them")
 
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
