@@ -137,6 +137,14 @@ def test_rmsnorm_fp32_against_float64_reference():
     x64 = x.astype(np.float64)
     ref = x64 / np.sqrt(np.mean(x64**2, axis=-1, keepdims=True) + 1e-6) * w
     np.testing.assert_allclose(np.asarray(norm(jnp.asarray(x))), ref, rtol=1e-5, atol=1e-6)
+    # Inputs so small that eps is most of the denominator: eps must sit inside the square
+    # root (eps outside it would give outputs ~10x larger here), and a zero row stays 0.
+    tiny = (rng.normal(size=(3, 64)) * 1e-4).astype(np.float32)
+    tiny[2] = 0.0
+    t64 = tiny.astype(np.float64)
+    ref_tiny = t64 / np.sqrt(np.mean(t64**2, axis=-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(np.asarray(norm(jnp.asarray(tiny))), ref_tiny, rtol=1e-5,
+                               atol=1e-7)
     # bf16 input: computed in fp32, returned in bf16, within bf16 rounding of the reference
     y = norm(jnp.asarray(x, jnp.bfloat16))
     assert y.dtype == jnp.bfloat16

@@ -81,6 +81,39 @@ def test_top_p_keeps_exactly_the_nucleus(logits, p, temp):
         assert np.all(nucleus(p - 1e-4) <= kept[row]), "dropped a token of the nucleus"
 
 
+def _ref_kept(logits, temp, k, p):
+    """float64 reference of the joint filter, from INF-03's text: temperature, then top-k
+    (ties with the k-th kept), then the nucleus of the *renormalised survivors* (the
+    fewest most-likely survivors whose mass reaches p; ties with the last member kept).
+    ``p`` is a pair (low, high) giving the slack for float32 rounding."""
+    x = logits.astype(np.float64) / temp
+    kth = np.sort(x)[::-1][k - 1]
+    alive = x >= kth
+    probs = np.where(alive, np.exp(x - x.max()), 0.0)
+    probs /= probs.sum()
+    order = np.argsort(-x, kind="stable")
+    above = np.cumsum(probs[order]) - probs[order]
+    sets = []
+    for pp in p:
+        members = order[(above < pp) & alive[order]]
+        sets.append(alive & (x >= x[members].min()))
+    return sets
+
+
+@pytest.mark.req("INF-03")
+@given(logits=logit_rows, k=st.integers(1, 12), p=st.floats(0.05, 0.95),
+       temp=st.floats(0.3, 2.0))
+def test_top_k_then_top_p_over_the_survivors(logits, k, p, temp):
+    """With both filters, the nucleus is taken over the top-k survivors renormalised, not
+    over the whole distribution (which keeps too few tokens when k cuts real mass)."""
+    kept = np.isfinite(np.asarray(filtered_logits(
+        jnp.asarray(logits), SamplingConfig(temperature=temp, top_k=k, top_p=p))))
+    for row in range(4):
+        inner, outer = _ref_kept(logits[row], temp, k, (p - 1e-4, p + 1e-4))
+        assert np.all(kept[row] <= outer), "kept a token outside the top-k nucleus"
+        assert np.all(inner <= kept[row]), "dropped a token of the top-k nucleus"
+
+
 @pytest.mark.req("INF-03")
 def test_temperature_sampling_follows_softmax_over_temperature():
     logits = jnp.asarray([1.0, 0.5, 0.0, -1.0, 2.0, -3.0, 0.2, 0.9], jnp.float32)

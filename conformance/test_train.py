@@ -277,6 +277,43 @@ def test_nonfinite_step_leaves_state_untouched():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@jax.custom_jvp
+def _zero_with_inf_gradient(x):
+    """0 forward; an infinite derivative backward (a finite loss, a non-finite gradient)."""
+    return jnp.zeros_like(x)
+
+
+@_zero_with_inf_gradient.defjvp
+def _zero_with_inf_gradient_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return jnp.zeros_like(x), jnp.inf * t
+
+
+@pytest.mark.req("TRAIN-08")
+def test_finite_loss_with_nonfinite_gradient_is_skipped(monkeypatch):
+    """The guard reads the gradient norm too, not only the loss."""
+    import pythoncoder.train.step as step_mod
+
+    real = step_mod.lm_loss
+
+    def loss_with_bad_gradient(model, *a, **kw):
+        parts = real(model, *a, **kw)
+        bomb = jnp.sum(_zero_with_inf_gradient(model.final_norm.scale[...]))
+        return parts._replace(main_sum=parts.main_sum + bomb)
+
+    monkeypatch.setattr(step_mod, "lm_loss", loss_with_bad_gradient)
+    state, step, _ = _step_setup(2, 2)
+    new, m = step(state, {"tokens": _tokens(2, 2)}, jax.random.PRNGKey(0))
+    assert np.isfinite(float(m["loss"])) and not np.isfinite(float(m["grad_norm"]))
+    assert not bool(m["finite"])
+    assert int(new.step) == 0 and int(new.skipped) == 1
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(new.opt_state), jax.tree.leaves(state.opt_state),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.req("DROP-01")
 def test_dropout_active_in_the_train_step():
     cfg = small_model_cfg(vocab_size=512)  # dropout_rate 0.1 (the default)

@@ -76,11 +76,13 @@ def filtered_logits(logits_BV: jax.Array, sampling: SamplingConfig,
     x = x / sampling.temperature
     k = sampling.top_k
     if k and k < x.shape[-1]:
-        sorted_desc = jax.lax.top_k(x, k)[0]
-        x = jnp.where(x < sorted_desc[..., k - 1:k], NEG_INF, x)
-    elif sampling.top_p < 1.0:
-        sorted_desc = -jnp.sort(-x, axis=-1)
+        kth = jax.lax.top_k(x, k)[0][..., k - 1:k]
+        x = jnp.where(x < kth, NEG_INF, x)
     if sampling.top_p < 1.0:
+        # The nucleus is taken over the top-k survivors (ties with the k-th included, so
+        # there may be more than k of them), renormalised: removed tokens sort last with
+        # probability 0.
+        sorted_desc = -jnp.sort(-x, axis=-1)
         p_sorted = jax.nn.softmax(sorted_desc, axis=-1)
         before = jnp.cumsum(p_sorted, axis=-1) - p_sorted  # mass strictly above each token
         keep = before < sampling.top_p  # the top token always survives (before = 0)
