@@ -70,7 +70,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("benchmark_json", None) is None and not config.option.collectonly:
         out = _out_dir(config)
         out.mkdir(parents=True, exist_ok=True)
-        config.option.benchmark_json = out / "benchmarks.json"
+        # pytest-benchmark's option is an argparse.FileType("wb"): it writes to a file
+        # object, so hand it one (a Path crashed the run at the end: no .write).
+        config.option.benchmark_json = open(out / "benchmarks.json", "wb")  # noqa: SIM115
     config.stash[RUN_FIGURES] = []
 
 

@@ -12,11 +12,11 @@ context x 1024 values for the 1b layout (the model's ``kv_values_per_token_per_l
 The same plain-decode roofline is used for the speculative runs, so a ratio above 1
 means the drafts paid for themselves.
 
-Default: the ``tiny`` preset (random weights, so MTP drafts are almost never accepted:
-speculation's worst case), plus an "agreeable" random tiny model whose MTP head agrees
-often (``pythoncoder.infer.synthetic``).  ``PYTHONCODER_BENCH_DECODE_PRESET=small|1b``
-selects a bigger preset (meant for an accelerator); ``PYTHONCODER_BENCH_DECODE_NEW`` and
-``..._PROMPT`` set the lengths.
+Default (``auto``): the ``1b`` preset on TPU/GPU, ``tiny`` on CPU, random weights (so MTP
+drafts are almost never accepted: speculation's worst case), plus an "agreeable" random
+model whose MTP head agrees often (``pythoncoder.infer.synthetic``).
+``PYTHONCODER_BENCH_DECODE_PRESET=tiny|small|1b`` selects another preset;
+``PYTHONCODER_BENCH_DECODE_NEW`` and ``..._PROMPT`` set the lengths.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import pytest
 from pythoncoder.infer.engine import Engine
 from pythoncoder.infer.synthetic import agreeable_model
 from pythoncoder.model import ModelConfig, build_model
+from pythoncoder.utils import perf
 
-PRESET = os.environ.get("PYTHONCODER_BENCH_DECODE_PRESET", "tiny")
+PRESET = os.environ.get("PYTHONCODER_BENCH_DECODE_PRESET", "auto")
 NEW = int(os.environ.get("PYTHONCODER_BENCH_DECODE_NEW", "64"))
 PROMPT = int(os.environ.get("PYTHONCODER_BENCH_DECODE_PROMPT", "128"))
 COPY_BYTES = 256 * 2**20
@@ -62,7 +63,7 @@ def bandwidth() -> float:
 
 @pytest.fixture(scope="module")
 def cfg() -> ModelConfig:
-    return ModelConfig.preset(PRESET)
+    return ModelConfig.preset(perf.bench_preset(PRESET, jax.default_backend()))
 
 
 @pytest.fixture(scope="module")

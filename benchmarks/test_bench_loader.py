@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pythoncoder.data import shards
-from pythoncoder.data.loader import make_loader
+from pythoncoder.data.loader import gather_index, make_loader
 from pythoncoder.data.prepare import ensure_stdlib_data
 from pythoncoder.utils.figures import host_label
 
@@ -44,7 +44,7 @@ def test_numpy_gather_limit(benchmark, data_dir, report):
     _, arrays = shards.open_split(data_dir, "train", verify="size")
     rows = np.concatenate(arrays)
     rng = np.random.default_rng(0)
-    index = rng.permutation(len(rows))[: STEPS * BATCH].reshape(STEPS, BATCH)
+    index = gather_index(len(rows), STEPS, BATCH, rng)
 
     def run():
         for idx in index:

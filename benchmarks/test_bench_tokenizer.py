@@ -56,7 +56,8 @@ def test_ours_one_process(benchmark, docs, tokenizer_json, report):
 
 
 def test_ours_process_pool(benchmark, docs, tokenizer_json, report):
-    workers = prep.default_num_workers()
+    workers = throughput.pool_size(prep.default_num_workers(),
+                                   sum(len(text) for _, text in docs))
     tokens = benchmark.pedantic(throughput.count_ours, args=(docs, workers, tokenizer_json),
                                 rounds=3, iterations=1)
     _record(benchmark, "ours-pool", tokens)

@@ -34,6 +34,7 @@ from pythoncoder.model import ModelConfig, build_model
 from pythoncoder.train.config import TrainConfig
 from pythoncoder.train.optimizer import make_optimizer
 from pythoncoder.train.step import init_train_state, make_train_step, split_model
+from pythoncoder.utils import perf
 from pythoncoder.utils.figures import flops_unit
 from pythoncoder.utils.perf import train_flops_per_token
 
@@ -42,9 +43,7 @@ _RESULT: dict[str, float] = {}
 
 def _shape(config: pytest.Config) -> tuple[str, int, int, int]:
     accel = jax.default_backend() != "cpu"
-    preset = config.getoption("--bench-preset")
-    if preset == "auto":
-        preset = "1b" if accel else "tiny"
+    preset = perf.bench_preset(config.getoption("--bench-preset"), jax.default_backend())
     seq = config.getoption("--bench-seq-len") or (2048 if accel else 256)
     # On CPU, fill one cross-entropy chunk (tiny: 4 x 256 = 1024 rows): a part-filled
     # chunk is padded and its logits computed anyway, which would count as lost MFU.

@@ -244,6 +244,10 @@ def test_remat_equals_no_remat(make_micro, policy):
     tokens = jax.random.randint(jax.random.PRNGKey(6), (2, 17), 0, cfg.vocab_size)
     l0, g0 = _loss_and_grads(build_model(cfg, seed=9), tokens)
     l1, g1 = _loss_and_grads(build_model(cfg.replace(remat_policy=policy), seed=9), tokens)
+    # NUM-02: remat recomputes the forward, and fusion may reorder its fp32 sums (seen:
+    # 2e-6 on a GPU), so gradients agree to fp32 accumulation error relative to each
+    # tensor's size, not bit for bit.
     np.testing.assert_allclose(float(l0), float(l1), rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))

@@ -1,5 +1,7 @@
 """DROP-01 (model side) and NUM-01: dropout policy and the bf16/fp32 dtype policy."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,3 +94,53 @@ def test_auto_compute_dtype_by_backend():
     want = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     assert cfg.dtype() == want
     assert ModelConfig.preset("tiny", compute_dtype="bfloat16").dtype() == jnp.bfloat16
+
+
+# ---------------------------------------------------------------- NUM-02 test policy
+def _round_to_tf32(x: np.ndarray) -> np.ndarray:
+    """Round float32 to TF32 (10 explicit mantissa bits, round to nearest), as a GPU's
+    default fp32 matmul does with its inputs."""
+    drop = 23 - check_values("NUM-02")["tf32_mantissa_bits"]
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + (1 << (drop - 1))) & ~np.uint64((1 << drop) - 1)
+    return u.astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.req("NUM-02")
+def test_reference_checks_run_at_highest_matmul_precision():
+    from pythoncoder.testing.precision import cuda_backend_installed
+
+    assert jax.config.jax_default_matmul_precision == check_values("NUM-02")["matmul_precision"]
+    if cuda_backend_installed():
+        flags = os.environ.get("XLA_FLAGS", "")
+        assert "deterministic_ops" in flags, f"no deterministic-ops flag in {flags!r}"
+
+
+@pytest.mark.req("NUM-02")
+def test_fp32_reference_tolerance_rejects_tf32_matmuls():
+    """Why the policy exists: the SwiGLU reference check's tolerance passes fp32 and fails
+    when the matmul inputs carry TF32's 10-bit mantissa (a GPU's default fp32 matmul). The
+    CPU ignores matmul precision settings, so TF32 is emulated by rounding the inputs."""
+    from pythoncoder.model.layers import SwiGLU
+
+    mlp = SwiGLU(32, 48, dtype=jnp.float32, std=0.2, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32)
+    g, u, d = (np.asarray(m.kernel[...], np.float64) for m in (mlp.gate, mlp.up, mlp.down))
+    a = x.astype(np.float64) @ g
+    want = ((a / (1 + np.exp(-a))) * (x @ u)) @ d
+    np.testing.assert_allclose(np.asarray(mlp(jnp.asarray(x))), want, rtol=1e-4, atol=1e-5)
+    for m in (mlp.gate, mlp.up, mlp.down):
+        m.kernel[...] = jnp.asarray(_round_to_tf32(np.asarray(m.kernel[...])))
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(np.asarray(mlp(jnp.asarray(_round_to_tf32(x)))), want,
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.req("NUM-02")
+def test_gpu_determinism_flag_is_known_to_this_xla():
+    """The flag the suites add on GPU is one this jaxlib's XLA parses (XLA_FLAGS are parsed
+    by the same code on every backend; an unknown one aborts the process)."""
+    from pythoncoder.testing.precision import GPU_DETERMINISM_FLAGS, accepted_xla_flag
+
+    assert accepted_xla_flag() in GPU_DETERMINISM_FLAGS
+    assert accepted_xla_flag(("--xla_no_such_flag_for_pythoncoder=true",)) is None

@@ -156,9 +156,15 @@ def test_accumulated_update_equals_full_batch_update():
     np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(float(ma["grad_norm"]), float(mb["grad_norm"]), rtol=1e-5,
                                atol=1e-7)
+    # NUM-02: accumulation sums the gradient in another order than one big batch does, so
+    # the updates agree to fp32 accumulation error relative to each tensor's size, plus
+    # the rounding of p - lr*g in fp32 (a few ulps of p).
+    ulp = float(np.finfo(np.float32).eps)
     for a, b, p in zip(jax.tree.leaves(new_a.params), jax.tree.leaves(new_b.params),
                        jax.tree.leaves(state.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a - p), np.asarray(b - p), rtol=1e-4, atol=1e-8)
+        da, db = np.asarray(a - p), np.asarray(b - p)
+        tol = 1e-5 * float(np.abs(db).max()) + 4 * ulp * float(np.abs(np.asarray(p)).max())
+        np.testing.assert_allclose(da, db, rtol=1e-4, atol=tol)
     # the real AdamW step agrees too, and advances once
     state_a, step_a, _ = _step_setup(8, 2)
     state_b, step_b, _ = _step_setup(1, 16)
@@ -337,18 +343,24 @@ def test_dropout_active_in_the_train_step():
 # ---------------------------------------------------------------- TRAIN-10 mesh
 @pytest.mark.req("TRAIN-10")
 def test_sharded_step_equals_single_device():
-    assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    """On the devices present (NUM-02): a 2x4 data x fsdp mesh on 8 (CI's fake CPU devices),
+    a 1x1 mesh on a single accelerator, which still runs the sharded code path."""
+    n = jax.device_count()
+    data, fsdp = (2, 4) if n >= 8 else (1, 1)
     tokens = _tokens(2, 8)
     state, step, tx = _step_setup(2, 8)
     _, m_single = step(state, {"tokens": tokens}, jax.random.PRNGKey(0))
-    mesh = make_mesh(2, 4)
+    mesh = make_mesh(data, fsdp, jax.devices()[:data * fsdp])
     model_cfg = small_model_cfg(vocab_size=512, dropout_rate=0.0)
     graphdef, _ = split_model(build_model(model_cfg, seed=0))
     shardings = state_shardings(state, mesh)
     sharded_state = jax.device_put(state, shardings)
     emb = sharded_state.params["embed"]["embedding"][...]
-    assert emb.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
-    assert len(emb.addressable_shards) == 8 and emb.addressable_shards[0].data.shape[0] == 128
+    # fsdp shards the embedding's rows; on a 1x1 mesh there is nothing to shard over
+    want_spec = ("fsdp", None) if fsdp > 1 else ()
+    assert emb.sharding.spec == jax.sharding.PartitionSpec(*want_spec)
+    assert len(emb.addressable_shards) == data * fsdp
+    assert emb.addressable_shards[0].data.shape[0] == 512 // fsdp
     from pythoncoder.train.sharding import batch_sharding, replicated
 
     sstep = jax.jit(make_train_step(graphdef, tx, mtp_weight=0.1),

@@ -178,6 +178,19 @@ class Loader:
         return self._batches(self._epoch if epoch is None else epoch, 0)
 
 
+def gather_index(num_rows: int, steps: int, batch: int, rng: np.random.Generator
+                 ) -> np.ndarray:
+    """``(steps, batch)`` row indices visiting rows as the loader does: each epoch a fresh
+    permutation, epochs back to back, so there may be fewer rows than ``steps * batch``
+    (a small split, or a machine whose prepare gave fewer rows)."""
+    if num_rows < 1:
+        raise ValueError("no rows to gather from")
+    need = steps * batch
+    epochs = -(-need // num_rows)
+    return np.concatenate([rng.permutation(num_rows) for _ in range(epochs)])[:need].reshape(
+        steps, batch)
+
+
 def make_loader(
     data_dir: str | Path,
     *,

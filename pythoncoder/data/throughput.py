@@ -47,6 +47,22 @@ def count_tiktoken(docs: list[tuple[str, str]], encoding=None) -> int:
     return sum(len(enc.encode_ordinary(unicodedata.normalize("NFC", t))) for _, t in docs)
 
 
+# Starting a worker costs about 2 s on this project's machines (spawn, imports, and
+# ``Tokenizer.from_str`` of the 4.6 MB tokenizer), so a worker needs about that much work to
+# pay for itself: ~2 MB of source, which the tokenizer encodes in ~3 s on one core.
+MIN_CHARS_PER_WORKER = 2_000_000
+
+
+def pool_size(requested: int, total_chars: int,
+              min_chars_per_worker: int = MIN_CHARS_PER_WORKER) -> int:
+    """Workers worth starting for ``total_chars`` of text: at most ``requested``, at least 1,
+    and no more than one per ``min_chars_per_worker`` (a pool of 16 over a few MB of text
+    was measured slower than one process: 79.6k vs 183.7k tokens/s)."""
+    if requested < 1:
+        raise ValueError(f"requested={requested}: need at least 1 worker")
+    return max(1, min(requested, total_chars // min_chars_per_worker))
+
+
 def count_ours(docs: list[tuple[str, str]], num_workers: int, tokenizer_json: str | None = None
                ) -> int:
     """Tokens (EOS excluded) from our tokenizer in ``num_workers`` processes, as prepare runs it.
@@ -92,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         ("tiktoken, 1 process", lambda: count_tiktoken(docs, enc)),
         ("pythoncoder, 1 process", lambda: count_ours(docs, 1, tokenizer_json)),
     ]
+    workers = pool_size(args.workers, sum(len(t) for _, t in docs))
+    if workers != args.workers:
+        print(f"{args.workers} workers asked, {workers} worth starting for {mb:.1f} MB")
+    args.workers = workers
     if args.workers > 1:
         rows.append((f"pythoncoder, {args.workers} processes",
                      lambda: count_ours(docs, args.workers, tokenizer_json)))

@@ -68,3 +68,11 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     mtp = 2 * d * d
     matmul_params = L * (attn + mlp) + 2 * head + mtp
     return 6.0 * matmul_params + L * 6.0 * seq_len * cfg.q_width
+
+
+def bench_preset(name: str, backend: str) -> str:
+    """The preset a benchmark runs: ``auto`` is ``1b`` on an accelerator (what users train
+    and serve there; a tiny model measures dispatch, not the device) and ``tiny`` on CPU."""
+    if name == "auto":
+        return "tiny" if backend == "cpu" else "1b"
+    return name
