@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "memory": ("pythoncoder.train.commands", "compiled memory analysis of the train step"),
     "generate": ("pythoncoder.infer.commands", "generate from a trained run"),
     "eval": ("pythoncoder.eval.commands", "HumanEval / MBPP pass@k in a sandbox"),
+    "export": ("pythoncoder.export", "portable weights: safetensors + config + tokenizer"),
 }
 
 

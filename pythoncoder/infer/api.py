@@ -55,12 +55,25 @@ def needs_yarn(cfg_original_len: int, prompt_tokens: int, max_new_tokens: int) -
 
 @functools.lru_cache(maxsize=4)
 def load_generator(run_dir: str | None, yarn: bool = False,
-                   step: int | None = None) -> TextGenerator:
-    """Cached per (run_dir, yarn, step): repeated calls reuse the weights and compiles."""
+                   step: int | None = None, weights: str | None = None) -> TextGenerator:
+    """Cached per (run_dir, yarn, step, weights): repeated calls reuse weights and compiles.
+
+    ``weights`` is an export directory (``pythoncoder export``) used instead of a run.
+    """
     if yarn:  # the same weights under the YaRN config: no second restore
-        base = load_generator(run_dir, False, step)
+        base = load_generator(run_dir, False, step, weights)
         model = nnx.merge(base.engine.graphdef, base.engine.params)
         return TextGenerator(Engine(with_config(model, model.cfg.with_yarn())), base.tokenizer)
+    if weights is not None:
+        from pathlib import Path
+
+        from tokenizers import Tokenizer
+
+        from pythoncoder.export import TOKENIZER_FILE, load_weights
+
+        model, _ = load_weights(weights)
+        return TextGenerator(Engine(model), Tokenizer.from_file(str(Path(weights)
+                                                                     / TOKENIZER_FILE)))
     from pythoncoder.data.tokenizer import load_tokenizer
 
     model, _ = load_for_inference(run_dir, step=step)

@@ -12,8 +12,12 @@ from pythoncoder.infer.stops import HUMANEVAL_STOPS, stable_prefix
 
 
 def configure_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", type=Path, default=None, metavar="RUN_DIR",
-                   help="training run directory (default: a random tiny model, with a warning)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--run", type=Path, default=None, metavar="RUN_DIR",
+                       help="training run directory (default: a random tiny model, with a "
+                            "warning)")
+    model.add_argument("--weights", type=Path, default=None, metavar="DIR",
+                       help="an export directory (`pythoncoder export`) instead of a run")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
@@ -45,6 +49,7 @@ def _unescape(text: str) -> str:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from pythoncoder.export import ExportError
     from pythoncoder.infer.api import load_generator, needs_yarn
     from pythoncoder.infer.loading import RunDirError
     from pythoncoder.infer.sampling import SamplingConfig
@@ -61,16 +66,17 @@ def run_generate(args: argparse.Namespace) -> int:
     stops = [_unescape(s) for s in args.stop] + (list(HUMANEVAL_STOPS)
                                                  if args.humaneval_stops else [])
     run = str(args.run) if args.run is not None else None
+    weights = str(args.weights) if args.weights is not None else None
     try:
-        gen = load_generator(run, False, args.step)
+        gen = load_generator(run, False, args.step, weights)
         yarn = args.yarn
         if yarn is None:
             cfg = gen.engine.cfg
             yarn = needs_yarn(cfg.yarn_original_max_position, len(gen.encode(prompt)),
                               args.max_new_tokens)
         if yarn:
-            gen = load_generator(run, True, args.step)
-    except RunDirError as e:
+            gen = load_generator(run, True, args.step, weights)
+    except (RunDirError, ExportError, OSError) as e:
         print(f"pythoncoder generate: {e}", file=sys.stderr)
         return 2
 
