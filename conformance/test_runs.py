@@ -273,3 +273,46 @@ def test_resume_checks_what_it_resumes(tmp_path, data_dir, field):
         quiet_train(mcfg, tcfg, data_dir, tmp_path, total_steps=4, resume=True)
     assert "\n" not in str(e.value)
     assert (tmp_path / "run.json").read_text() == before
+
+
+# ---------------------------------------------------------------- RUN-05
+BAD_INPUTS = {
+    "steps 0": ["train", "--steps", "0"],
+    "micro-batch 0": ["train", "--micro-batch", "0"],
+    "accum-steps 0": ["train", "--accum-steps", "0"],
+    "seq-len 0": ["train", "--seq-len", "0"],
+    "peak-lr -1": ["train", "--peak-lr", "-1"],
+    "peak-lr 0": ["train", "--peak-lr", "0"],
+    "mesh abc": ["train", "--mesh", "abc"],
+    "mesh 3x3": ["train", "--mesh", "3x3"],
+    "seq-len 9000": ["train", "--seq-len", "9000"],
+    "seq-len not the data's": ["train", "--seq-len", "32", "--data", "{data}"],
+    "empty prepared dir": ["train", "--seq-len", "16", "--data", "{empty}"],
+    "read-only out": ["train", "--seq-len", "16", "--data", "{data}", "--out",
+                      "/proc/pythoncoder-run"],
+    "temperature -1": ["generate", "--prompt", "x", "--temperature", "-1"],
+    "top-p 0": ["generate", "--prompt", "x", "--top-p", "0"],
+    "top-p 1.5": ["generate", "--prompt", "x", "--top-p", "1.5"],
+    "max-new-tokens -1": ["generate", "--prompt", "x", "--max-new-tokens", "-1"],
+    "eval timeout 0": ["eval", "humaneval", "--samples", "s.jsonl", "--timeout", "0"],
+    "eval timeout -1": ["eval", "humaneval", "--samples", "s.jsonl", "--timeout", "-1"],
+}
+
+
+@pytest.mark.req("RUN-05")
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_cli_input_is_exit_2_and_one_line(case, tmp_path, data_dir, capsys):
+    from pythoncoder.cli import main
+
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(data=data_dir, empty=tmp_path / "empty") for a in BAD_INPUTS[case]]
+    if argv[0] == "train" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "run"), "--no-progress"]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "\n" not in err and "Traceback" not in err and "error:" in err, err
+    assert not (tmp_path / "run").exists()  # nothing started
