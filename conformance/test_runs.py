@@ -316,3 +316,112 @@ def test_bad_cli_input_is_exit_2_and_one_line(case, tmp_path, data_dir, capsys):
     assert rc == 2, err
     assert "\n" not in err and "Traceback" not in err and "error:" in err, err
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+# ---------------------------------------------------------------- RUN-02/04 in the trainer
+def _signal_after(run_dir, records, signum):
+    """Send ``signum`` to this process once the loop has logged ``records`` train rows."""
+    import threading
+    import time
+
+    def watch():
+        path = run_dir / "metrics.jsonl"
+        while True:
+            if path.exists() and sum('"loss"' in line for line in
+                                     path.read_text().splitlines()) >= records:
+                os.kill(os.getpid(), signum)
+                return
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@pytest.mark.slow  # three short runs: about a minute uncontended
+@pytest.mark.req("RUN-02", "RUN-04")
+def test_sigint_then_corrupt_latest_then_resume(tmp_path, data_dir):
+    """SIGINT saves; a bit-flipped latest step is rejected by step and resume continues
+    from the one before (never NaN); --steps below it refuses; metrics hold each step once."""
+    import signal
+
+    mcfg, tcfg = micro_cfgs(steps_per_checkpoint=2)
+    run_dir = tmp_path / "run"
+    _signal_after(run_dir, 3, signal.SIGINT)
+    part = quiet_train(mcfg, tcfg, data_dir, run_dir, total_steps=8)
+    k = part["steps_done"]
+    assert part["interrupted"] == "SIGINT" and 3 <= k < 8
+    ckpt = Checkpointer(run_dir, read_only=True)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    assert steps[-1] == k and len(steps) >= 2
+    previous = steps[-2]
+    with (run_dir / "metrics.jsonl").open("a") as f:  # rows of steps lost by a kill
+        f.write(json.dumps({"step": k + 1, "loss": 1.0}) + "\n" + '{"step": ')
+    bit_flip(largest_file(run_dir / "checkpoints" / str(k)))
+
+    with pytest.raises(CheckpointError, match=f"below the restored step {previous}"):
+        quiet_train(mcfg, tcfg, data_dir, run_dir, total_steps=1, resume=True)
+    logs = []
+    rest = quiet_train(mcfg, tcfg, data_dir, run_dir, total_steps=8, resume=True,
+                       log=logs.append)
+    assert any(f"checkpoint step {k} is corrupt or partial" in line for line in logs), logs
+    assert any(f"resuming from step {previous}" in line for line in logs), logs
+    assert len(rest["losses"]) == 8 - previous
+    assert all(np.isfinite(rest["losses"]))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "loss" in r]
+    assert train_steps == list(range(1, 9))  # each step once, nothing duplicated
+    val_steps = [r["step"] for r in rows if "val_loss" in r]
+    assert val_steps == sorted(set(val_steps))
+    assert list((run_dir / "rejected_checkpoints").iterdir())  # set aside, not deleted
+    ckpt = Checkpointer(run_dir, read_only=True)
+    for s in ckpt.all_steps():  # every checkpoint left verifies
+        ckpt.verify(s)
+    ckpt.close()
+
+
+# ---------------------------------------------------------------- RUN-06
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    try:
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a tmpfs here ({e})")
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+@pytest.mark.req("RUN-06")
+@pytest.mark.parametrize("async_save", [True, False])
+def test_disk_full_during_a_save_is_one_clear_error(small_tmpfs, async_save):
+    """About 320 KB of random (incompressible) floats a step on a 1.2 MB tmpfs."""
+    def big(step):
+        s = tiny_state(float(step), step)
+        w = np.random.default_rng(step).standard_normal((256, 256)).astype(np.float32)
+        return s.replace(params={"w": jnp.asarray(w), "b": s.params["b"]},
+                         opt_state={"mu": {"w": jnp.zeros((128, 128), jnp.float32),
+                                           "b": s.params["b"]}})
+
+    ckpt = Checkpointer(small_tmpfs, keep=5, async_save=async_save)
+    saved = []
+    with pytest.raises(CheckpointError) as e:
+        for step in range(1, 10):
+            ckpt.save(step, big(step), {"global_step": step})
+            assert ckpt.finish() == step
+            saved.append(step)
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left on device" in msg, msg
+    assert f"step {len(saved) + 1}" in msg and "earlier checkpoints are untouched" in msg
+    assert saved, "the tmpfs should hold at least one checkpoint"
+    ckpt.manager.close()
+    ckpt = Checkpointer(small_tmpfs, read_only=True)
+    abstract_big = abstract(big(1))
+    state, meta = ckpt.restore(abstract_big)
+    assert meta["global_step"] == saved[-1]
+    np.testing.assert_array_equal(np.asarray(state.params["w"]),
+                                  np.asarray(big(saved[-1]).params["w"]))
+    ckpt.close()
