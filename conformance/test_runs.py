@@ -425,3 +425,41 @@ def test_disk_full_during_a_save_is_one_clear_error(small_tmpfs, async_save):
     np.testing.assert_array_equal(np.asarray(state.params["w"]),
                                   np.asarray(big(saved[-1]).params["w"]))
     ckpt.close()
+
+
+# ---------------------------------------------------------------- RUN-07
+@pytest.mark.req("RUN-07")
+@pytest.mark.parametrize("failure", ["malformed_jsonl", "row_not_an_object", "missing_source"])
+def test_failing_prepare_leaves_the_existing_dataset_intact(tmp_path, failure):
+    from pythoncoder.data.prepare import prepare
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"m{i}.py").write_text(f"def f{i}(a):\n    return a * {i} + {i}\n" * 4)
+    out = tmp_path / "data"
+    prepare([str(src)], out, seq_len=16, val_fraction=0.0, num_workers=1, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = tmp_path / "bad.jsonl"
+    good_row = json.dumps({"content": "def g():\n    return 1\n" * 4})
+    bad_row = {"malformed_jsonl": '{"content": "x"', "row_not_an_object": "[1, 2]",
+               "missing_source": good_row}[failure]
+    bad.write_text(good_row + "\n" + bad_row + "\n")
+    sources = [str(src), str(bad)] if failure != "missing_source" else \
+        [str(src), str(tmp_path / "nope")]
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        prepare(sources, out, seq_len=16, val_fraction=0.0, num_workers=1, progress=False)
+    if failure != "missing_source":
+        assert "line 2" in str(e.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.req("RUN-07")
+def test_sources_are_decoded_by_their_coding_declaration(tmp_path):
+    from pythoncoder.data.prepare import decode_source
+
+    text = "# -*- coding: latin-1 -*-\nname = 'caf\u00e9'\n" + "x = 1\n" * 20
+    assert decode_source(text.encode("latin-1")) == text
+    assert decode_source("\ufeffs = 'caf\u00e9'\n".encode("utf-8")) == "s = 'caf\u00e9'\n"
+    assert decode_source(b"s = '\xff'\n") is None  # undeclared and not UTF-8
