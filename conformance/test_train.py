@@ -35,20 +35,6 @@ def small_model_cfg(**kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A few generated Python files, packed at seq_len 16."""
-    from pythoncoder.data.prepare import prepare
-
-    src = tmp_path_factory.mktemp("src")
-    for i in range(40):
-        body = "\n".join(f"    x{j} = {i} * {j} + len('{i}{j}')" for j in range(12))
-        (src / f"mod_{i}.py").write_text(f"def function_{i}(a, b):\n{body}\n    return a + b\n")
-    out = tmp_path_factory.mktemp("data")
-    prepare([str(src)], out, seq_len=16, val_fraction=0.1, num_workers=1, progress=False)
-    return out
-
-
 def one_device():
     return make_mesh(1, 1, jax.devices()[:1])
 

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from pythoncoder.utils.argtypes import EXIT_CODES_HELP, EXIT_USAGE, UsageError
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("pythoncoder.model.commands", "model config and abstract parameter count"),
@@ -23,8 +25,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``pythoncoder train: error: ...``) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pythoncoder", description=__doc__.splitlines()[0])
+    parser = Parser(prog="pythoncoder", description=__doc__.splitlines()[0],
+                                     epilog=EXIT_CODES_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -56,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
+    except UsageError as e:  # bad input found after parsing: one line, like argparse's
+        print(f"pythoncoder {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:  # e.g. `pythoncoder info | head`
         return 0
 

@@ -2,7 +2,8 @@
 
 Pipeline, in order for every document:
 
-1. decode as UTF-8 (a BOM is dropped); undecodable files are dropped;
+1. decode by the file's PEP 263 coding declaration (UTF-8 by default; a BOM is dropped);
+   undecodable files are dropped;
 2. size limits: fewer than ``min_chars`` non-blank characters or more than
    ``max_bytes`` bytes are dropped;
 3. exact duplicates (same content hash) are dropped, the first one kept;
@@ -13,6 +14,10 @@ Pipeline, in order for every document:
    into rows of exactly ``seq_len + 1`` tokens (see :mod:`pythoncoder.data.shards`).
 
 The tail of each split's stream that does not fill a row is dropped, never padded.
+
+The shards are built in a temporary directory beside ``out_dir`` and moved in only after
+every source has been read (the manifest last), so a failing ``prepare`` leaves an
+existing dataset in ``out_dir`` intact.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import io
 import multiprocessing
 import os
 import shutil
 import sys
 import time
+import tokenize
 import unicodedata
 import warnings
 from collections import Counter, deque
@@ -215,9 +222,8 @@ def _filtered(docs: Iterable[sources_lib.Document], counts: Counter, max_bytes: 
     for key, content in docs:
         counts["files_seen"] += 1
         if isinstance(content, bytes):
-            try:
-                text = content.decode("utf-8-sig")
-            except UnicodeDecodeError:
+            text = decode_source(content)
+            if text is None:
                 counts["not_utf8"] += 1
                 continue
         else:
@@ -278,12 +284,33 @@ def default_num_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _clear_outputs(out_dir: Path) -> None:
-    """Remove a previous manifest first, so an interrupted run never looks complete."""
+def decode_source(content: bytes) -> str | None:
+    """Python source bytes as text, by the PEP 263 declaration (``None``: undecodable)."""
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(content).readline)
+        return content.decode(encoding).removeprefix("\ufeff")
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return None
+
+
+def _shard_files(out_dir: Path) -> list[Path]:
+    return [p for split in shards_lib.SPLITS
+            for p in out_dir.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9].npy")]
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace the dataset in ``out_dir`` by the one built in ``tmp`` (manifest last).
+
+    The old manifest goes first, so an interruption in between never looks complete;
+    other files in ``out_dir`` are left alone."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / shards_lib.MANIFEST).unlink(missing_ok=True)
-    for split in shards_lib.SPLITS:
-        for old in out_dir.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9].npy"):
-            old.unlink()
+    for old in _shard_files(out_dir):
+        old.unlink()
+    for new in _shard_files(tmp):
+        os.replace(new, out_dir / new.name)
+    os.replace(tmp / shards_lib.MANIFEST, out_dir / shards_lib.MANIFEST)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prepare(
@@ -321,12 +348,34 @@ def prepare(
         raise ValueError(f"seq_len must be positive, got {seq_len}")
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
+
+    for source in sources:  # before anything is built or replaced
+        if not Path(source).exists():
+            raise FileNotFoundError(f"source not found: {source}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.prepare-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = _prepare_into(tmp, sources, seq_len=seq_len, val_fraction=val_fraction,
+                                 num_workers=num_workers, max_files=max_files,
+                                 max_bytes=max_bytes, min_chars=min_chars,
+                                 shard_tokens=shard_tokens, tokenizer_path=tokenizer_path,
+                                 progress=progress, fast=fast)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_in(tmp, out_dir)
+    return manifest
+
+
+def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers, max_files,
+                  max_bytes, min_chars, shard_tokens, tokenizer_path, progress,
+                  fast) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _clear_outputs(out_dir)
     tok = load_tokenizer(tokenizer_path)
     num_workers = default_num_workers() if num_workers is None else max(1, num_workers)
     shard_rows = max(1, shard_tokens // (seq_len + 1))

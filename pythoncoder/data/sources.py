@@ -62,7 +62,13 @@ def _iter_jsonl(path: Path) -> Iterator[Document]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {lineno}: expected a JSON object with a "
+                                 f"{CONTENT_FIELD!r} field, got {type(record).__name__}")
             content = record.get(CONTENT_FIELD)
             if isinstance(content, str):
                 yield _record_key(record, f"{path.name}:{lineno}"), content

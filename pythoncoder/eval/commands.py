@@ -26,6 +26,7 @@ from pythoncoder.eval.harness import (
 )
 from pythoncoder.eval.passk import DEFAULT_KS
 from pythoncoder.eval.sandbox import SandboxConfig, default_workers
+from pythoncoder.utils.argtypes import nonnegative_float, positive_float, positive_int
 
 GENERATION_UNAVAILABLE = (
     "generation needs pythoncoder.infer (pythoncoder.infer.api.complete), which could not be "
@@ -63,16 +64,17 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     gen = p.add_argument_group("generation (with --run)")
-    gen.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
-    gen.add_argument("--temperature", type=float, default=0.2, help="default 0.2")
-    gen.add_argument("--max-new-tokens", type=int, default=512)
+    gen.add_argument("--n", type=positive_int, default=1, help="samples per problem (default 1)")
+    gen.add_argument("--temperature", type=nonnegative_float, default=0.2, help="default 0.2")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=512)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--limit", type=int, default=None, metavar="N",
                      help="only the first N problems (smoke runs)")
     box = p.add_argument_group("sandbox and report")
-    box.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (3)")
-    box.add_argument("--memory-mb", type=int, default=2048, help="address-space limit (2048)")
-    box.add_argument("--workers", type=int, default=default_workers(),
+    box.add_argument("--timeout", type=positive_float, default=3.0, help="seconds per sample (3)")
+    box.add_argument("--memory-mb", type=positive_int, default=2048,
+                     help="address-space limit (2048)")
+    box.add_argument("--workers", type=positive_int, default=default_workers(),
                      help="parallel sandboxes (default min(8, CPUs))")
     box.add_argument("--k", type=_int_list, default=None, metavar="K,K,...",
                      help="pass@k to report, those with k <= n (default: n and "

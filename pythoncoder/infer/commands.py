@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 from pythoncoder.infer.stops import HUMANEVAL_STOPS, stable_prefix
+from pythoncoder.utils.argtypes import (
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    unit_interval,
+)
 
 
 def configure_generate(p: argparse.ArgumentParser) -> None:
@@ -18,16 +24,19 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
                             "warning)")
     model.add_argument("--weights", type=Path, default=None, metavar="DIR",
                        help="an export directory (`pythoncoder export`) instead of a run")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--step", type=nonnegative_int, default=None,
+                   help="checkpoint step (default: latest)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0,
+                   help="0 = greedy (default)")
+    p.add_argument("--top-k", type=nonnegative_int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=unit_interval, default=1.0, help="in (0, 1]; 1 = off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-n", "--num-samples", type=int, default=1, help="completions (one batch)")
+    p.add_argument("-n", "--num-samples", type=positive_int, default=1,
+                   help="completions (one batch)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop sequence (repeatable; escapes like \\n are understood)")
     p.add_argument("--humaneval-stops", action="store_true",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flax import nnx
 
+from pythoncoder.checkpoint import MODEL_CONFIG_FILE, CheckpointError, restore_model
 from pythoncoder.model import ModelConfig, PythonCoder, abstract_model, build_model
 
 FALLBACK_PRESET = "tiny"
@@ -34,10 +35,11 @@ def load_for_inference(run_dir: str | Path | None, *, yarn: bool = False,
                        step: int | None = None, seed: int = 0) -> tuple[PythonCoder, ModelConfig]:
     """``(model, cfg)`` for generation; ``yarn`` switches on the 8192-token RoPE (YARN-01).
 
-    With a run directory that holds a checkpoint, the weights are restored by
-    ``pythoncoder.train.checkpoint.restore_model`` (latest step unless ``step``).  Without
-    a run directory, or when the training package is missing, a freshly initialised
-    ``tiny`` model is used, with a loud warning: its output is noise.
+    With a run directory that holds a checkpoint, the parameters alone are restored by
+    ``pythoncoder.checkpoint.restore_model`` (latest step unless ``step``), verified
+    against the step's sha256 manifest and checked finite; a corrupt step is refused
+    (``RunDirError`` naming it), never replaced.  Only without a run directory is a freshly
+    initialised ``tiny`` model used, with a loud warning: its output is noise.
     """
     if run_dir is None:
         _loud("pythoncoder: no --run directory given: using a FRESHLY INITIALISED "
@@ -46,12 +48,6 @@ def load_for_inference(run_dir: str | Path | None, *, yarn: bool = False,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
-    try:
-        from pythoncoder.train.checkpoint import MODEL_CONFIG_FILE, CheckpointError, restore_model
-    except ImportError as e:
-        _loud(f"pythoncoder: checkpoint loading is unavailable ({e}); using a FRESHLY "
-              f"INITIALISED '{FALLBACK_PRESET}' model instead of {run_dir}")
-        return _fresh(yarn, seed)
     ckpt_dir = run_dir / "checkpoints"
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
         raise RunDirError(f"{run_dir} has no checkpoints (expected {ckpt_dir}/<step>/); "

@@ -6,8 +6,21 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 from pythoncoder.model import PRESETS, ModelConfig
+from pythoncoder.utils.argtypes import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    UsageError,
+    mesh_shape,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 # CPU-friendly defaults per preset; the 1b uses the design doc's values (TrainConfig()).
 PRESET_TRAIN_DEFAULTS = {
@@ -22,6 +35,9 @@ TRAIN_OVERRIDES = ("seq_len", "micro_batch", "accum_steps", "epochs", "peak_lr",
                    "warmup_steps", "weight_decay", "clip_norm", "steps_per_checkpoint",
                    "keep_checkpoints", "seed", "eval_batches", "log_every",
                    "max_consecutive_nonfinite")
+OVERRIDE_TYPES = {"peak_lr": positive_float, "weight_decay": nonnegative_float,
+                  "clip_norm": positive_float, "warmup_steps": nonnegative_int,
+                  "eval_batches": nonnegative_int, "seed": int}
 
 
 def _train_config(preset: str, args: argparse.Namespace):
@@ -36,30 +52,78 @@ def _train_config(preset: str, args: argparse.Namespace):
 
 
 def configure_train(p: argparse.ArgumentParser) -> None:
+    p.epilog = EXIT_CODES_HELP
     p.add_argument("--preset", default="tiny", choices=PRESETS)
     p.add_argument("--data", default=None,
                    help="prepared data dir (default: prepare the stdlib into the user cache)")
     p.add_argument("--out", default="runs/tiny", help="run directory (checkpoints, metrics)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="total optimizer steps (default for tiny: 120, about 10 min on 2 "
                         "CPU cores; otherwise the plan from the data and --epochs)")
-    p.add_argument("--tokens", type=float, default=None,
+    p.add_argument("--tokens", type=positive_float, default=None,
                    help="tokens per epoch for the plan (default: the data's size)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--mesh", default=None, metavar="DATAxFSDP",
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint that verifies (the run's preset, "
+                        "model, seq_len, batch shape and data must match run.json)")
+    p.add_argument("--mesh", type=mesh_shape, default=None, metavar="DATAxFSDP",
                    help="device mesh, e.g. 2x4 (default: all devices on fsdp)")
     p.add_argument("--compute-dtype", default=None, choices=["auto", "float32", "bfloat16"])
     p.add_argument("--remat", default=None, choices=["none", "full", "dots", "names"])
     p.add_argument("--no-progress", action="store_true")
     for name in TRAIN_OVERRIDES:
-        kind = float if name in ("peak_lr", "weight_decay", "clip_norm") else int
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
+        p.add_argument("--" + name.replace("_", "-"), dest=name,
+                       type=OVERRIDE_TYPES.get(name, positive_int), default=None)
     p.set_defaults(func=run_train)
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a directory we can write (tried, not guessed: root ignores modes)."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {out}: {probe} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write in {probe} ({e.strerror})") from None
+
+
+def _check_data(data: str, seq_len: int) -> None:
+    from pythoncoder.data.shards import ShardError, read_manifest
+
+    try:
+        manifest = read_manifest(data)
+    except ShardError as e:
+        raise UsageError(f"--data {data}: {e}") from None
+    if int(manifest.get("seq_len", -1)) != seq_len:
+        raise UsageError(f"--data {data} is packed at seq_len {manifest.get('seq_len')}, but "
+                         f"seq_len {seq_len} was asked for (pass --seq-len "
+                         f"{manifest.get('seq_len')}, or prepare the data again)")
+
+
+def validate_train_args(args: argparse.Namespace, model_cfg: ModelConfig, train_cfg) -> None:
+    """Everything checkable before training starts; ``UsageError`` (exit 2) otherwise."""
+    limit = model_cfg.max_position_embeddings
+    if train_cfg.seq_len > limit:
+        raise UsageError(f"--seq-len {train_cfg.seq_len} is above the {limit} positions the "
+                         f"'{args.preset}' model supports")
+    if args.mesh is not None:
+        import jax
+
+        d, f = args.mesh
+        if d * f != jax.device_count():
+            raise UsageError(f"--mesh {d}x{f} needs {d * f} devices; {jax.device_count()} "
+                             f"are present ({jax.default_backend()})")
+    _check_out(Path(args.out))
+    if args.data is not None:
+        _check_data(args.data, train_cfg.seq_len)
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from pythoncoder.checkpoint import CheckpointError
     from pythoncoder.data.shards import ShardError
-    from pythoncoder.train.checkpoint import CheckpointError
     from pythoncoder.train.config import TrainConfigError, plan_run
     from pythoncoder.train.loop import NonFiniteError, train
     from pythoncoder.train.sharding import make_mesh
@@ -70,7 +134,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.remat:
         overrides["remat_policy"] = args.remat
     model_cfg = ModelConfig.preset(args.preset, **overrides)
-    train_cfg = _train_config(args.preset, args)
+    try:
+        train_cfg = _train_config(args.preset, args)
+    except TrainConfigError as e:
+        raise UsageError(str(e)) from None
+    validate_train_args(args, model_cfg, train_cfg)
     total_steps = args.steps
     if args.tokens is not None and total_steps is None:
         total_steps = plan_run(int(args.tokens), train_cfg).total_steps
@@ -86,14 +154,16 @@ def run_train(args: argparse.Namespace) -> int:
         data = ensure_stdlib_data(train_cfg.seq_len, progress=not args.no_progress)
     mesh = None
     if args.mesh:
-        d, f = (int(x) for x in args.mesh.lower().split("x"))
-        mesh = make_mesh(d, f)
+        mesh = make_mesh(*args.mesh)
     try:
         summary = train(model_cfg, train_cfg, data, args.out, total_steps=total_steps,
                         resume=args.resume, mesh=mesh, progress=not args.no_progress)
     except (CheckpointError, NonFiniteError, TrainConfigError, ShardError) as e:
         print(f"pythoncoder train: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except OSError as e:  # disk full or read-only while writing metrics or run files
+        print(f"pythoncoder train: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     vals = summary["val_losses"]
     if vals:
         print(f"validation loss: {vals[0][1]:.4f} (step {vals[0][0]}) -> {vals[-1][1]:.4f} "
@@ -101,6 +171,11 @@ def run_train(args: argparse.Namespace) -> int:
     if summary["plot"]:
         print(f"loss/LR curves: {summary['plot']}")
     print(f"run directory: {summary['run_dir']}")
+    if summary.get("interrupted"):
+        print(f"pythoncoder train: interrupted by {summary['interrupted']} at step "
+              f"{summary['steps_done']}; checkpoint saved. Continue with: pythoncoder train "
+              f"--resume --out {summary['run_dir']} (same options)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

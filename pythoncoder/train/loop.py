@@ -3,11 +3,16 @@
 One jitted step per optimizer update (micro-batches are scanned inside it), FSDP
 shardings on a (data, fsdp) mesh, Orbax checkpoints with the loader position, a
 non-finite guard, validation at checkpoint time, JSONL metrics, a progress bar, a loss /
-LR plot at the end, and a save on SIGTERM.
+LR plot at the end, and a save on SIGTERM or SIGINT.
+
+The run directory has one owner (``RunLock``); a fresh run refuses a directory that
+already holds checkpoints, and a resumed one is checked against ``run.json`` (preset,
+model config, seq_len, batch shape, data manifest) before anything is rewritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import signal
@@ -21,8 +26,14 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from pythoncoder.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    RunLock,
+    read_run_file,
+    write_run_files,
+)
 from pythoncoder.model import ModelConfig, build_model
-from pythoncoder.train.checkpoint import Checkpointer, CheckpointError, write_run_files
 from pythoncoder.train.config import RunPlan, TrainConfig, plan_run
 from pythoncoder.train.memory import abstract_train_state
 from pythoncoder.train.optimizer import make_optimizer
@@ -42,25 +53,71 @@ class NonFiniteError(RuntimeError):
 
 
 class _Sigterm:
-    """Remember a SIGTERM so the loop can checkpoint before exiting (preemptible TPUs)."""
+    """Remember a SIGTERM or SIGINT so the loop can checkpoint before exiting."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.received = False
-        self._previous = None
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Sigterm:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.received = True
+        self.received = signal.Signals(signum).name
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def data_fingerprint(data_dir: str | Path) -> str | None:
+    """sha256 of the prepared data's ``manifest.json`` (it lists every shard's sha256)."""
+    path = Path(data_dir) / "manifest.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def check_resume(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 data: str | None) -> None:
+    """One clear ``CheckpointError`` line if this run does not continue ``run.json``'s."""
+    import dataclasses
+
+    info = read_run_file(run_dir)
+    saved_model, saved_train = info.get("model", {}), info.get("train", {})
+    now_model, now_train = dataclasses.asdict(model_cfg), dataclasses.asdict(train_cfg)
+    checks = [("preset", saved_model.get("name"), model_cfg.name)]
+    checks += [(f"train.{k}", saved_train.get(k), now_train[k])
+               for k in ("seq_len", "micro_batch", "accum_steps")]
+    checks += [(f"model.{k}", saved_model.get(k), v) for k, v in now_model.items()
+               if k != "name"]
+    if "data_manifest_sha256" in info:
+        checks.append(("data manifest sha256", info["data_manifest_sha256"], data))
+    for field, was, now in checks:
+        if was != now:
+            raise CheckpointError(f"--resume: {field} differs: the run in {run_dir} has "
+                                  f"{was!r}, this command has {now!r}")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows after ``step`` (written by a run that died after its checkpoint)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue  # a torn last line from a kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    tmp.replace(path)
 
 
 def _reshape_batch(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
@@ -121,12 +178,27 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
           mesh=None, progress: bool = True, stop_after: int | None = None,
           log=print) -> dict[str, Any]:
     """Train and return a summary. ``stop_after`` ends the process early (for resume
-    tests) exactly as a preemption would, after saving a checkpoint."""
+    tests) exactly as a preemption would, after saving a checkpoint.
+
+    The run directory is locked for the whole run (``RunLockError`` if another live
+    process holds it)."""
+    run_dir = Path(run_dir)
+    lock = RunLock(run_dir, log=log).acquire()
+    try:
+        return _train(model_cfg, train_cfg, data_dir, run_dir, total_steps=total_steps,
+                      resume=resume, mesh=mesh, progress=progress, stop_after=stop_after,
+                      log=log)
+    finally:
+        lock.release()
+
+
+def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
+           run_dir: Path, *, total_steps: int | None, resume: bool, mesh, progress: bool,
+           stop_after: int | None, log) -> dict[str, Any]:
     from pythoncoder.data.loader import make_loader
     from pythoncoder.data.shards import ShardError
 
     maybe_initialize_distributed()
-    run_dir = Path(run_dir)
     if mesh is None:  # as many devices as evenly split a micro-batch's rows
         usable = math.gcd(jax.device_count(), train_cfg.micro_batch)
         mesh = make_mesh(1, usable, jax.devices()[:usable])
@@ -149,21 +221,44 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     graphdef, _ = nnx.split(model, nnx.Param)
     abstract = abstract_train_state(model, tx)
     shardings = state_shardings(abstract, mesh)
+    fingerprint = data_fingerprint(data_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    existing = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) \
+        if ckpt_dir.is_dir() else []
+    if resume:
+        if not existing:
+            raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir.absolute()}")
+        check_resume(run_dir, model_cfg, train_cfg, fingerprint)
+    elif existing:
+        raise CheckpointError(f"{run_dir} already holds checkpoints (steps {existing}); pass "
+                              "--resume to continue that run, or choose another --out")
     ckpt = Checkpointer(run_dir, keep=train_cfg.keep_checkpoints)
     meta: dict[str, Any] = {}
     if resume:
-        if ckpt.latest_step() is None:
-            raise CheckpointError(f"--resume: no checkpoint in {ckpt.directory}")
+        ckpt.remove_partial_saves()
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
-        state, meta = ckpt.restore(target)
+        state, meta = ckpt.restore(target, log=log)
+        restored = int(meta["global_step"])
+        if plan.total_steps < restored:
+            ckpt.close()
+            raise CheckpointError(f"--steps {plan.total_steps} is below the restored step "
+                                  f"{restored}; pass --steps {restored} or more")
+        newer = [s for s in ckpt.all_steps() if s > restored]
+        if newer:
+            log(f"resuming from step {restored}, the newest checkpoint that verifies "
+                f"(rejected: {newer})")
+            ckpt.set_aside(newer, log=log)
         loader.set_state(meta["loader"])
-        log(f"resumed from {ckpt.directory}/{meta['global_step']} (epoch {meta['epoch']}, "
+        _truncate_metrics(run_dir / "metrics.jsonl", restored)
+        log(f"resumed from {ckpt.directory}/{restored} (epoch {meta['epoch']}, "
             f"data_epoch {meta['data_epoch']})")
     else:
         state = jax.device_put(init_train_state(model, tx), shardings)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     del model
-    write_run_files(run_dir, model_cfg, train_cfg, plan)
+    write_run_files(run_dir, model_cfg, train_cfg, plan,
+                    data=str(Path(data_dir).absolute()), data_manifest_sha256=fingerprint)
 
     step_fn = jax.jit(make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight),
                       in_shardings=(shardings, None, replicated(mesh)),
@@ -188,6 +283,19 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     tb = _tensorboard(run_dir)
     last_time, last_step = time.perf_counter(), start
 
+    pending_val: dict[int, float | None] = {}
+
+    def saved(step: int | None) -> None:
+        """Log a checkpoint's validation loss once the checkpoint exists (verified save)."""
+        if step is None:
+            return
+        val = pending_val.pop(step, None)
+        if val is not None:
+            history["val_loss"].append((step, val))
+            _append(metrics_path, {"step": step, "val_loss": val})
+            if tb:
+                tb.add_scalar("val/loss", val, step)
+
     def checkpoint(global_step: int) -> float | None:
         val = evaluate(eval_fn, state.params, val_loader, train_cfg.eval_batches) \
             if val_loader is not None else None
@@ -197,12 +305,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
             "seed": train_cfg.seed, "rng_key": [int(x) for x in np.asarray(base_key)],
             "skipped": skipped_total, "val_loss": val,
         }
+        saved(ckpt.finish())  # the previous save, if still running
         ckpt.save(global_step, state, save_meta)
-        if val is not None:
-            history["val_loss"].append((global_step, val))
-            _append(metrics_path, {"step": global_step, "val_loss": val})
-            if tb:
-                tb.add_scalar("val/loss", val, global_step)
+        pending_val[global_step] = val
         return val
 
     first_val = None
@@ -210,9 +315,11 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         first_val = evaluate(eval_fn, state.params, val_loader, train_cfg.eval_batches)
         _append(metrics_path, {"step": 0, "val_loss": first_val})
         history["val_loss"].append((0, first_val))
+    failed = True
     with _Sigterm() as sigterm:
         try:
             for global_step in range(start, plan.total_steps):
+                saved(ckpt.poll())  # a failed background save stops the run here
                 batch = global_batch(_reshape_batch(next(loader), train_cfg.accum_steps), mesh)
                 key = jax.random.fold_in(base_key, global_step)
                 state, m = step_fn(state, batch, key)
@@ -250,19 +357,30 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
                                     mfu=f"{mfu:.1%}")
                 bar.update(1)
                 at_ckpt = done % train_cfg.steps_per_checkpoint == 0 or done == plan.total_steps
-                stopping = sigterm.received or (stop_after is not None and done >= stop_after)
+                stopping = sigterm.received is not None or (stop_after is not None
+                                                             and done >= stop_after)
                 if (at_ckpt or stopping) and consecutive_bad:
                     log(f"step {done}: checkpoint deferred during a non-finite streak; the "
                         f"last good one (step {ckpt.latest_step()}) stays")
                 elif at_ckpt or stopping:
                     checkpoint(done)
                 if stopping:
-                    log(f"stopping at step {done} ({'SIGTERM' if sigterm.received else 'stop'}"
-                        f"); checkpoint saved in {ckpt.directory}")
+                    saved(ckpt.finish())
+                    log(f"stopping at step {done} ({sigterm.received or 'stop'}); checkpoint "
+                        f"saved in {ckpt.directory}")
                     break
+            saved(ckpt.finish())
+            failed = False
         finally:
             bar.close()
-            ckpt.close()
+            try:  # a save still in flight is finished (manifest written) even on an error
+                saved(ckpt.finish())
+            except CheckpointError as e:
+                if not failed:
+                    raise
+                log(str(e))
+            finally:
+                ckpt.manager.close()
             if tb:
                 tb.close()
     plot = plot_curves(metrics_path, run_dir / "curves.png") if metrics_path.exists() else None
@@ -270,7 +388,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         "plan": plan, "steps_done": history["loss"][-1][0] if history["loss"] else start,
         "losses": [l for _, l in history["loss"]], "val_losses": history["val_loss"],
         "first_val_loss": first_val, "skipped": skipped_total, "plot": plot,
-        "final_params": state.params, "run_dir": run_dir,
+        "final_params": state.params, "run_dir": run_dir, "interrupted": sigterm.received,
     }
 
 

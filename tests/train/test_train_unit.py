@@ -73,7 +73,8 @@ def _cli(args):
 def test_train_cli_missing_data_is_a_clear_error(tmp_path):
     code, _, err = _cli(["train", "--data", str(tmp_path / "nope"), "--out",
                          str(tmp_path / "run"), "--steps", "1", "--no-progress"])
-    assert code == 1 and "nope" in err
+    assert code == 2 and "nope" in err and "manifest missing" in err  # bad input, one line
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_memory_cli_json_is_consistent():

@@ -1,0 +1,465 @@
+"""RUN-01..: run directories that survive misuse (issue 13).
+
+Fast checks use the checkpoint layer directly on a tiny state; the ones that train use
+the micro model of ``test_train.py``.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pythoncoder.checkpoint import (
+    MANIFEST,
+    Checkpointer,
+    CheckpointError,
+    CorruptCheckpointError,
+    RunLock,
+    RunLockError,
+    write_run_files,
+)
+from pythoncoder.train.step import TrainState
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_state(value: float = 1.0, step: int = 0) -> TrainState:
+    params = {"w": jnp.full((64, 64), value, jnp.float32), "b": jnp.arange(8, dtype=jnp.float32)}
+    opt = {"mu": jax.tree.map(jnp.zeros_like, params)}
+    return TrainState(params=params, opt_state=opt, step=jnp.asarray(step, jnp.int32),
+                      skipped=jnp.zeros((), jnp.int32))
+
+
+def abstract(state: TrainState) -> TrainState:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+
+def save_steps(run_dir: Path, steps, **kw) -> None:
+    ckpt = Checkpointer(run_dir, keep=10, **kw)
+    for s in steps:
+        ckpt.save(s, tiny_state(float(s), s), {"global_step": s})
+    ckpt.close()
+
+
+def largest_file(step_dir: Path) -> Path:
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def bit_flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for off in (0, len(data) // 2, len(data) - 64):
+        for i in range(off, min(off + 64, len(data))):
+            data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# ---------------------------------------------------------------- RUN-01
+@pytest.mark.req("RUN-01")
+def test_inference_never_imports_train():
+    """pythoncoder.infer loads with pythoncoder.train blocked (the checkpoint layer is below)."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'pythoncoder.train' or name.startswith('pythoncoder.train.'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import pythoncoder.infer, pythoncoder.infer.loading, pythoncoder.infer.api\n"
+        "import pythoncoder.infer.commands, pythoncoder.checkpoint\n"
+        "assert not any(m.startswith('pythoncoder.train') for m in sys.modules)\n"
+        "print('ok')\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.req("RUN-01")
+def test_params_are_restored_alone_and_verified(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    for step in (1, 2):
+        assert (tmp_path / "checkpoints" / str(step) / MANIFEST).is_file()
+        assert (tmp_path / "checkpoints" / str(step) / "params").is_dir()
+    ckpt = Checkpointer(tmp_path, read_only=True)
+    params, step = ckpt.restore_params(abstract(tiny_state()).params)
+    assert step == 2
+    np.testing.assert_array_equal(np.asarray(params["w"]), np.full((64, 64), 2.0, np.float32))
+    state, meta = ckpt.restore(abstract(tiny_state()))
+    assert meta["global_step"] == 2 and int(state.step) == 2
+    ckpt.close()
+
+
+# ---------------------------------------------------------------- RUN-02
+@pytest.mark.req("RUN-02")
+@pytest.mark.parametrize("damage", ["bit_flip", "truncate", "no_manifest", "missing_file"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    save_steps(tmp_path, [1, 2])
+    step_dir = tmp_path / "checkpoints" / "2"
+    target = largest_file(step_dir)
+    if damage == "bit_flip":
+        bit_flip(target)
+    elif damage == "truncate":
+        with target.open("r+b") as f:
+            f.truncate(target.stat().st_size // 2)
+    elif damage == "no_manifest":  # killed after Orbax finalised, before the manifest
+        (step_dir / MANIFEST).unlink()
+    else:
+        target.unlink()
+    ckpt = Checkpointer(tmp_path, read_only=True)
+    logs = []
+    state, meta = ckpt.restore(abstract(tiny_state()), log=logs.append)
+    assert meta["global_step"] == 1  # the previous, verified one: never the damaged one
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+    assert len(logs) == 1 and "checkpoint step 2 is corrupt or partial" in logs[0]
+    with pytest.raises(CorruptCheckpointError, match="step 2"):  # inference refuses it
+        ckpt.restore_params(abstract(tiny_state()).params)
+    ckpt.close()
+
+
+@pytest.mark.req("RUN-02")
+def test_nonfinite_parameters_are_rejected(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=5)
+    ckpt.save(1, tiny_state(1.0), {"global_step": 1})
+    ckpt.save(2, tiny_state(float("nan")), {"global_step": 2})
+    ckpt.close()
+    ckpt = Checkpointer(tmp_path, read_only=True)
+    _, meta = ckpt.restore(abstract(tiny_state()))
+    assert meta["global_step"] == 1
+    with pytest.raises(CorruptCheckpointError, match="non-finite"):
+        ckpt.restore_params(abstract(tiny_state()).params, 2)
+    ckpt.close()
+
+
+@pytest.mark.req("RUN-02")
+def test_generate_refuses_a_corrupt_checkpoint(tmp_path):
+    from pythoncoder.infer.loading import RunDirError, load_for_inference
+    from pythoncoder.model import ModelConfig, build_model
+    from pythoncoder.train.config import TrainConfig
+    from pythoncoder.train.optimizer import make_optimizer
+    from pythoncoder.train.step import init_train_state
+
+    cfg = ModelConfig(name="t", vocab_size=64, hidden_size=16, num_layers=1, head_dim=8,
+                      intermediate_size=32, compute_dtype="float32", remat_policy="none",
+                      attn_block_size=8, loss_chunk_size=32, tpu_aligned=False)
+    tx, _ = make_optimizer(TrainConfig(seq_len=16, micro_batch=1, accum_steps=1), 10, 1)
+    state = init_train_state(build_model(cfg), tx)
+    write_run_files(tmp_path, cfg, {}, {})
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(3, state, {"global_step": 3})
+    ckpt.close()
+    model, _ = load_for_inference(tmp_path)  # the good one loads
+    np.testing.assert_array_equal(np.asarray(model.lm_head.kernel[...]),
+                                  np.asarray(state.params["lm_head"]["kernel"][...]))
+    bit_flip(largest_file(tmp_path / "checkpoints" / "3"))
+    with pytest.raises(RunDirError, match="checkpoint step 3 is corrupt"):
+        load_for_inference(tmp_path)
+
+
+# ---------------------------------------------------------------- RUN-03
+@pytest.mark.req("RUN-03")
+def test_a_second_owner_is_refused_naming_pid_and_host(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunLockError) as e:
+            RunLock(tmp_path).acquire()
+    msg = str(e.value)
+    assert f"pid {os.getpid()}" in msg and socket.gethostname() in msg
+    RunLock(tmp_path).acquire().release()  # released with its owner
+
+
+@pytest.mark.req("RUN-03")
+def test_a_stale_lock_is_taken_over_with_a_message(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "run.lock").write_text(json.dumps({"pid": dead.pid,
+                                                   "host": socket.gethostname()}))
+    logs = []
+    lock = RunLock(tmp_path, log=logs.append).acquire()
+    lock.release()
+    assert len(logs) == 1 and "stale lock" in logs[0] and str(dead.pid) in logs[0]
+    assert "no longer running" in logs[0]
+
+
+@pytest.mark.req("RUN-03")
+def test_a_second_trainer_process_is_refused(tmp_path, data_dir):
+    """Another process holds the directory: `train` exits 1 naming it, nothing rewritten."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pythoncoder.checkpoint import RunLock; "
+         f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = subprocess.run(
+            [sys.executable, "-m", "pythoncoder", "train", "--out", str(tmp_path), "--data",
+             str(data_dir), "--seq-len", "16", "--no-progress"], capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"pid {holder.pid}" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run.json").exists()
+
+
+def micro_cfgs(**train_kw):
+    from pythoncoder.model import ModelConfig
+    from pythoncoder.train.config import TrainConfig
+
+    mcfg = ModelConfig(name="test", vocab_size=151_808, hidden_size=32, num_layers=2,
+                       head_dim=8, intermediate_size=64, compute_dtype="float32",
+                       remat_policy="none", attn_block_size=16, loss_chunk_size=64,
+                       tpu_aligned=False)
+    base = dict(seq_len=16, micro_batch=4, accum_steps=2, epochs=1, peak_lr=1e-2,
+                warmup_steps=1, steps_per_checkpoint=2, keep_checkpoints=5, eval_batches=2)
+    base.update(train_kw)
+    return mcfg, TrainConfig(**base)
+
+
+def quiet_train(mcfg, tcfg, data_dir, run_dir, **kw):
+    from pythoncoder.train.loop import train
+    from pythoncoder.train.sharding import make_mesh
+
+    kw = {"progress": False, "mesh": make_mesh(1, 1, jax.devices()[:1]),
+          "log": lambda *_: None, **kw}
+    return train(mcfg, tcfg, data_dir, run_dir, **kw)
+
+
+@pytest.mark.req("RUN-03")
+def test_fresh_train_into_a_run_with_checkpoints_refuses(tmp_path, data_dir):
+    mcfg, tcfg = micro_cfgs()
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+    (tmp_path / "run.json").write_text('{"sentinel": 1}')
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints \(steps \[4\]\).*"
+                                              "--resume"):
+        quiet_train(mcfg, tcfg, data_dir, tmp_path, total_steps=2)
+    assert json.loads((tmp_path / "run.json").read_text()) == {"sentinel": 1}  # untouched
+
+
+# ---------------------------------------------------------------- RUN-04
+@pytest.mark.req("RUN-04")
+@pytest.mark.parametrize("field", ["preset", "seq_len", "micro_batch", "model", "data"])
+def test_resume_checks_what_it_resumes(tmp_path, data_dir, field):
+    from pythoncoder.train.loop import data_fingerprint
+
+    mcfg, tcfg = micro_cfgs()
+    saved_m, saved_t = mcfg, tcfg
+    fingerprint = data_fingerprint(data_dir)
+    if field == "preset":
+        saved_m = mcfg.replace(name="small")
+    elif field == "seq_len":
+        saved_t = micro_cfgs(seq_len=32)[1]
+    elif field == "micro_batch":
+        saved_t = micro_cfgs(micro_batch=2)[1]
+    elif field == "model":
+        saved_m = mcfg.replace(num_layers=3)
+    else:
+        fingerprint = "0" * 64
+    write_run_files(tmp_path, saved_m, saved_t, {}, data_manifest_sha256=fingerprint)
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    before = (tmp_path / "run.json").read_text()
+    expect = {"preset": "preset differs.*'small'.*'test'",
+              "seq_len": "train.seq_len differs.*32.*16",
+              "micro_batch": "train.micro_batch differs.*2.*4",
+              "model": "model.num_layers differs.*3.*2",
+              "data": "data manifest sha256 differs"}[field]
+    with pytest.raises(CheckpointError, match=expect) as e:
+        quiet_train(mcfg, tcfg, data_dir, tmp_path, total_steps=4, resume=True)
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "run.json").read_text() == before
+
+
+# ---------------------------------------------------------------- RUN-05
+BAD_INPUTS = {
+    "steps 0": ["train", "--steps", "0"],
+    "micro-batch 0": ["train", "--micro-batch", "0"],
+    "accum-steps 0": ["train", "--accum-steps", "0"],
+    "seq-len 0": ["train", "--seq-len", "0"],
+    "peak-lr -1": ["train", "--peak-lr", "-1"],
+    "peak-lr 0": ["train", "--peak-lr", "0"],
+    "mesh abc": ["train", "--mesh", "abc"],
+    "mesh 3x3": ["train", "--mesh", "3x3"],
+    "seq-len 9000": ["train", "--seq-len", "9000"],
+    "seq-len not the data's": ["train", "--seq-len", "32", "--data", "{data}"],
+    "empty prepared dir": ["train", "--seq-len", "16", "--data", "{empty}"],
+    "read-only out": ["train", "--seq-len", "16", "--data", "{data}", "--out",
+                      "/proc/pythoncoder-run"],
+    "temperature -1": ["generate", "--prompt", "x", "--temperature", "-1"],
+    "top-p 0": ["generate", "--prompt", "x", "--top-p", "0"],
+    "top-p 1.5": ["generate", "--prompt", "x", "--top-p", "1.5"],
+    "max-new-tokens -1": ["generate", "--prompt", "x", "--max-new-tokens", "-1"],
+    "eval timeout 0": ["eval", "humaneval", "--samples", "s.jsonl", "--timeout", "0"],
+    "eval timeout -1": ["eval", "humaneval", "--samples", "s.jsonl", "--timeout", "-1"],
+}
+
+
+@pytest.mark.req("RUN-05")
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_cli_input_is_exit_2_and_one_line(case, tmp_path, data_dir, capsys):
+    from pythoncoder.cli import main
+
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(data=data_dir, empty=tmp_path / "empty") for a in BAD_INPUTS[case]]
+    if argv[0] == "train" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "run"), "--no-progress"]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "\n" not in err and "Traceback" not in err and "error:" in err, err
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+# ---------------------------------------------------------------- RUN-02/04 in the trainer
+def _signal_after(run_dir, records, signum):
+    """Send ``signum`` to this process once the loop has logged ``records`` train rows."""
+    import threading
+    import time
+
+    def watch():
+        path = run_dir / "metrics.jsonl"
+        while True:
+            if path.exists() and sum('"loss"' in line for line in
+                                     path.read_text().splitlines()) >= records:
+                os.kill(os.getpid(), signum)
+                return
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@pytest.mark.slow  # three short runs: about a minute uncontended
+@pytest.mark.req("RUN-02", "RUN-04")
+def test_sigint_then_corrupt_latest_then_resume(tmp_path, data_dir):
+    """SIGINT saves; a bit-flipped latest step is rejected by step and resume continues
+    from the one before (never NaN); --steps below it refuses; metrics hold each step once."""
+    import signal
+
+    mcfg, tcfg = micro_cfgs(steps_per_checkpoint=2)
+    run_dir = tmp_path / "run"
+    _signal_after(run_dir, 3, signal.SIGINT)
+    part = quiet_train(mcfg, tcfg, data_dir, run_dir, total_steps=8)
+    k = part["steps_done"]
+    assert part["interrupted"] == "SIGINT" and 3 <= k < 8
+    ckpt = Checkpointer(run_dir, read_only=True)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    assert steps[-1] == k and len(steps) >= 2
+    previous = steps[-2]
+    with (run_dir / "metrics.jsonl").open("a") as f:  # rows of steps lost by a kill
+        f.write(json.dumps({"step": k + 1, "loss": 1.0}) + "\n" + '{"step": ')
+    bit_flip(largest_file(run_dir / "checkpoints" / str(k)))
+
+    with pytest.raises(CheckpointError, match=f"below the restored step {previous}"):
+        quiet_train(mcfg, tcfg, data_dir, run_dir, total_steps=1, resume=True)
+    logs = []
+    rest = quiet_train(mcfg, tcfg, data_dir, run_dir, total_steps=8, resume=True,
+                       log=logs.append)
+    assert any(f"checkpoint step {k} is corrupt or partial" in line for line in logs), logs
+    assert any(f"resuming from step {previous}" in line for line in logs), logs
+    assert len(rest["losses"]) == 8 - previous
+    assert all(np.isfinite(rest["losses"]))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "loss" in r]
+    assert train_steps == list(range(1, 9))  # each step once, nothing duplicated
+    val_steps = [r["step"] for r in rows if "val_loss" in r]
+    assert val_steps == sorted(set(val_steps))
+    assert list((run_dir / "rejected_checkpoints").iterdir())  # set aside, not deleted
+    ckpt = Checkpointer(run_dir, read_only=True)
+    for s in ckpt.all_steps():  # every checkpoint left verifies
+        ckpt.verify(s)
+    ckpt.close()
+
+
+# ---------------------------------------------------------------- RUN-06
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    try:
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a tmpfs here ({e})")
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+@pytest.mark.req("RUN-06")
+@pytest.mark.parametrize("async_save", [True, False])
+def test_disk_full_during_a_save_is_one_clear_error(small_tmpfs, async_save):
+    """About 320 KB of random (incompressible) floats a step on a 1.2 MB tmpfs."""
+    def big(step):
+        s = tiny_state(float(step), step)
+        w = np.random.default_rng(step).standard_normal((256, 256)).astype(np.float32)
+        return s.replace(params={"w": jnp.asarray(w), "b": s.params["b"]},
+                         opt_state={"mu": {"w": jnp.zeros((128, 128), jnp.float32),
+                                           "b": s.params["b"]}})
+
+    ckpt = Checkpointer(small_tmpfs, keep=5, async_save=async_save)
+    saved = []
+    with pytest.raises(CheckpointError) as e:
+        for step in range(1, 10):
+            ckpt.save(step, big(step), {"global_step": step})
+            assert ckpt.finish() == step
+            saved.append(step)
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left on device" in msg, msg
+    assert f"step {len(saved) + 1}" in msg and "earlier checkpoints are untouched" in msg
+    assert saved, "the tmpfs should hold at least one checkpoint"
+    ckpt.manager.close()
+    ckpt = Checkpointer(small_tmpfs, read_only=True)
+    abstract_big = abstract(big(1))
+    state, meta = ckpt.restore(abstract_big)
+    assert meta["global_step"] == saved[-1]
+    np.testing.assert_array_equal(np.asarray(state.params["w"]),
+                                  np.asarray(big(saved[-1]).params["w"]))
+    ckpt.close()
+
+
+# ---------------------------------------------------------------- RUN-07
+@pytest.mark.req("RUN-07")
+@pytest.mark.parametrize("failure", ["malformed_jsonl", "row_not_an_object", "missing_source"])
+def test_failing_prepare_leaves_the_existing_dataset_intact(tmp_path, failure):
+    from pythoncoder.data.prepare import prepare
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"m{i}.py").write_text(f"def f{i}(a):\n    return a * {i} + {i}\n" * 4)
+    out = tmp_path / "data"
+    prepare([str(src)], out, seq_len=16, val_fraction=0.0, num_workers=1, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = tmp_path / "bad.jsonl"
+    good_row = json.dumps({"content": "def g():\n    return 1\n" * 4})
+    bad_row = {"malformed_jsonl": '{"content": "x"', "row_not_an_object": "[1, 2]",
+               "missing_source": good_row}[failure]
+    bad.write_text(good_row + "\n" + bad_row + "\n")
+    sources = [str(src), str(bad)] if failure != "missing_source" else \
+        [str(src), str(tmp_path / "nope")]
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        prepare(sources, out, seq_len=16, val_fraction=0.0, num_workers=1, progress=False)
+    if failure != "missing_source":
+        assert "line 2" in str(e.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.req("RUN-07")
+def test_sources_are_decoded_by_their_coding_declaration(tmp_path):
+    from pythoncoder.data.prepare import decode_source
+
+    text = "# -*- coding: latin-1 -*-\nname = 'caf\u00e9'\n" + "x = 1\n" * 20
+    assert decode_source(text.encode("latin-1")) == text
+    assert decode_source("\ufeffs = 'caf\u00e9'\n".encode("utf-8")) == "s = 'caf\u00e9'\n"
+    assert decode_source(b"s = '\xff'\n") is None  # undeclared and not UTF-8
