@@ -326,8 +326,11 @@ class _Candidate:
     def _remove_workdir(self) -> None:
         if self.workdir is None:
             return
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        if os.path.lexists(self.workdir):  # e.g. a tree deeper than Python's recursion
+        try:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        except RecursionError:  # a tree deeper than Python's recursion limit
+            pass
+        if os.path.lexists(self.workdir):  # rm walks any depth without recursion
             subprocess.run(["rm", "-rf", "--one-file-system", "--", self.workdir],
                            capture_output=True, check=False)
         self.workdir = None
@@ -396,6 +399,9 @@ class _Slot:
 
     def _candidate(self) -> _Candidate:
         cand, self.ready = self.ready, None
+        if cand is not None and cand.proc.poll() is not None:  # died while it waited
+            cand.kill()
+            cand = None
         if cand is None:
             cand = _Candidate(self.config, self.kind)
         if self.prestart:
@@ -432,7 +438,12 @@ class _Slot:
             if judge_spec is not None:
                 if self.judge is None:
                     self.judge = _Judge(config, self.kind)
-                self.judge.send(judge_spec, (cand.out_r, cand.in_w))
+                try:
+                    self.judge.send(judge_spec, (cand.out_r, cand.in_w))
+                except OSError:  # the judge is gone (it should not be): one fresh try
+                    self.judge.close()
+                    self.judge = _Judge(config, self.kind)
+                    self.judge.send(judge_spec, (cand.out_r, cand.in_w))
                 control = self.judge.sock
                 for fd in (cand.out_r, cand.in_w):
                     os.close(fd)

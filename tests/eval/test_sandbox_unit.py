@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import tempfile
 import textwrap
+import warnings
 
 import pytest
 
+from pythoncoder.eval import sandbox
 from pythoncoder.eval.sandbox import (
     SANDBOX_GID,
     SANDBOX_UID,
+    Job,
     SandboxConfig,
     _verdict,
     isolation,
@@ -180,3 +184,33 @@ def test_verdict_requires_token_and_clean_exit():
     assert _verdict("PASS abd\n", "abc", 0)[0] == "failed"
     assert _verdict("", "abc", -9) == ("failed", "killed by signal SIGKILL")
     assert _verdict("FAIL ValueError: x\n", "abc", 1) == ("failed", "ValueError: x")
+
+
+@pytest.mark.parametrize("kind", ["unshare", "none"])
+def test_fallback_isolation_runs_judges_and_cleans_up(kind):
+    if kind == "unshare" and not sandbox._probe("unshare", sys.executable):
+        pytest.skip("unshare is not permitted here")
+    config = SandboxConfig(isolation=kind, timeout_s=5.0)
+    deep = run("import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\n"
+               "print(os.getcwd().split('/d/')[0], os.getuid())", config)
+    assert deep.passed, deep.result
+    workdir, uid = deep.stdout.split()
+    assert not os.path.exists(workdir)  # removed although deeper than Python's recursion
+    if os.geteuid() == 0:
+        assert int(uid) == SANDBOX_UID
+    spec = {"prelude": "", "test": "def check(c):\n    assert c(1) == 2\n", "names": ["f"],
+            "entry": "f"}
+    judged = run_program(Job("def f(x):\n    return x + 1\n", spec), config)
+    assert (judged.result, judged.verdict) == ("passed", "judge")
+    # Outside bwrap a sample can read host files: its exception text stays out.
+    assert run("raise ValueError('host data')", config).result == "failed: ValueError"
+
+
+def test_warns_once_without_bwrap(monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", lambda kind, python: kind == "unshare")
+    monkeypatch.setattr(sandbox, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="isolation is 'unshare'.*file system stays visible"):
+        assert sandbox.isolation() == "unshare"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sandbox.isolation() == "unshare"  # no second warning
