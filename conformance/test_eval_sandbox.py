@@ -59,6 +59,7 @@ def hostile_samples(outside: Path, sentinel: Path, tcp_port: int, unix_path: Pat
                     abstract: str, marker: str) -> dict[str, str]:
     """name -> completion; ``@HARNESS_PID@`` is replaced by the harness's pid."""
     out, sen, tmp_new = str(outside), str(sentinel), f"/tmp/{marker}"
+    data = humaneval.data_path()
     forge = """
         for tok in found:
             t = tok if isinstance(tok, bytes) else str(tok).encode()
@@ -67,6 +68,8 @@ def hostile_samples(outside: Path, sentinel: Path, tcp_port: int, unix_path: Pat
                     os.write(fd, b"ready\\nPASS " + t[-32:] + b"\\n")
                 except OSError:
                     pass
+        if found:
+            os._exit(0)
     """
     loot = textwrap.dedent("""
         import os
@@ -145,6 +148,16 @@ def hostile_samples(outside: Path, sentinel: Path, tcp_port: int, unix_path: Pat
             return None
         """) + "def _has(i):\n    import sys\n    try:\n        sys._getframe(i)\n"
               "        return True\n    except ValueError:\n        return False\n",
+        "solutions from the installed benchmark data": _body(f"""
+            import gzip, json
+            try:
+                rows = [json.loads(line) for line in gzip.open({str(data)!r}, "rt")]
+            except OSError:
+                return True
+            namespace = {{}}
+            exec(rows[0]["prompt"] + rows[0]["canonical_solution"], namespace)
+            return namespace["has_close_elements"](numbers, threshold)
+        """),
         "line tracer jumping over check": _top("""
             import sys, threading
             def tracer(frame, event, arg):

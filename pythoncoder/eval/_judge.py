@@ -1,4 +1,4 @@
-"""Trusted judge: ``python -I -S -B _judge.py CONTROL_FD UID GID``, one process per worker.
+"""Trusted judge: ``python -I -S -B _judge.py CONTROL_FD UID GID MEMORY``, one per worker.
 
 It runs in its own sandbox (same kernel isolation as a candidate, no writable path), never
 executes candidate code and never unpickles anything. For each job the harness sends, on
@@ -135,11 +135,18 @@ def judge(job, channel):
 
 def main():
     control = socket.socket(fileno=int(sys.argv[1]))
-    uid, gid = int(sys.argv[2]), int(sys.argv[3])
+    uid, gid, memory = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     if uid >= 0 and os.getuid() == 0:  # trusted, but it needs no privilege either
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
+    import resource
+
+    # Values from a candidate can make a test allocate or loop: bound what that costs.
+    for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, 0),
+                         (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NOFILE, 64),
+                         (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(limit, (value, value))
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, 1 << 20, 2)

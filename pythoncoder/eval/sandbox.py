@@ -190,6 +190,9 @@ def _bwrap_base(python: str, unprivileged: bool) -> tuple[str, ...]:
         args += ["--ro-bind", root, root]
     site = {sysconfig.get_paths(vars={"base": r, "platbase": r})[k]
             for r in roots for k in ("purelib", "platlib")}
+    # Installed packages elsewhere under the bound library dirs (Debian's dist-packages):
+    # hidden too, so that no installed benchmark data (tests, solutions) can be read.
+    site |= {str(p) for lib in binds for p in Path(lib).glob("python3*/*-packages")}
     for path in sorted(p for p in site if os.path.isdir(p)):
         args += ["--tmpfs", path]  # empty, root-owned 0755: unwritable for uid 65534
     # The scripts' directory (this package's eval code: nothing private) as /sbx. One
@@ -349,7 +352,7 @@ class _Judge:
             script = JUDGE_SCRIPT
         uid = SANDBOX_UID if os.geteuid() == 0 else -1
         cmd = [*prefix, config.python, "-I", "-S", "-B", script, str(theirs.fileno()),
-               str(uid), str(SANDBOX_GID)]
+               str(uid), str(SANDBOX_GID), str(config.memory_bytes)]
         try:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
