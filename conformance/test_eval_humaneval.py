@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -24,7 +21,7 @@ from pythoncoder.cli import main
 from pythoncoder.eval import humaneval
 from pythoncoder.eval.harness import read_jsonl, summarize
 from pythoncoder.eval.passk import pass_at_k
-from pythoncoder.eval.sandbox import SandboxConfig, _supervise, run_programs
+from pythoncoder.eval.sandbox import SandboxConfig, run_programs
 from pythoncoder.spec import check_values
 
 CHECKS = check_values("EVAL-02")
@@ -80,6 +77,9 @@ def test_canonical_solutions_score_all(problems):
     assert failed == []
     summary = summarize(rows)
     assert (summary["passed"], summary["pass_at_k"]) == (164, {1: 1.0})
+    # EVAL-05: every HumanEval verdict is the judge's; no problem needs the weak fallback.
+    assert (summary["in_sandbox_verdicts"], summary["in_sandbox_problems"]) == (0, [])
+    assert {r["verdict"] for r in rows} == {"judge"}
 
 
 @pytest.mark.req("EVAL-02")
@@ -91,145 +91,18 @@ def test_wrong_completion_scores_zero(problems):
     assert summarize(rows)["pass_at_k"] == {1: 0.0}
 
 
-class _Listener:
-    """A localhost TCP server that records whether anything reached it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted, self.stop = 0, threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
-
-
-def _hostile_samples(solution: str, sentinel: Path, port: int) -> dict[str, str]:
-    """name -> completion for HumanEval/0; most carry the correct body so that only
-    containment can make them fail."""
-    outside = sentinel.parent
-    tail = {
-        "infinite loop": "while True:\n    pass\n",
-        "fork bomb": "import os\nwhile True:\n    os.fork()\n",
-        "stubborn fork bomb": (
-            "import os\nwhile True:\n    try:\n        os.fork()\n    except Exception:\n"
-            "        pass\n"),
-        "subprocess": "import subprocess\nsubprocess.Popen(['sleep', '30'])\n",
-        "os.system": "import os\nos.system('sleep 30 &')\n",
-        "multiprocessing": (
-            "import multiprocessing\np = multiprocessing.Process(target=print)\np.start()\n"),
-        "allocate 50 GB": "buf = bytearray(50 * 1024**3)\n",
-        "delete sentinel": f"import os\nos.remove({str(sentinel)!r})\n",
-        "overwrite sentinel": f"open({str(sentinel)!r}, 'w').write('pwned')\n",
-        "new file outside": f"open({str(outside / 'new.txt')!r}, 'w').write('x')\n",
-        "rmtree outside": f"import shutil\nshutil.rmtree({str(outside)!r})\n",
-        "rename sentinel": f"import os\nos.rename({str(sentinel)!r}, 'stolen')\n",
-        "open a socket": (
-            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n"),
-        "urllib": (f"import urllib.request\n"
-                   f"urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=1)\n"),
-        "os._exit(0) before the checks": "import os\nos._exit(0)\n",
-        "sys.exit(0) before the checks": "import sys\nsys.exit(0)\n",
-        "signal tampering": (
-            "import signal\n"
-            "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU,\n"
-            "          signal.SIGALRM, signal.SIGUSR1):\n"
-            "    signal.signal(s, signal.SIG_IGN)\n"
-            "while True:\n    pass\n"),
-        "signal the harness": "import os\nos.kill(os.getppid(), 0)\n",
-        "very long output": "while True:\n    print('x' * 4096)\n",
-    }
-    samples = {name: solution + code for name, code in tail.items()}
-    # A wrong body with stdout closed must still fail, and not confuse the harness.
-    samples["sys.stdout.close()"] = WRONG + "import sys\nsys.stdout.close()\n"
-    return samples
-
-
 @pytest.mark.req("EVAL-02")
-def test_hostile_samples_are_contained(problems, tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    sentinel = outside / "sentinel.txt"
-    sentinel.write_text("keep me")
-    listener = _Listener()
-    try:
-        hostile = _hostile_samples(problems[TASK]["canonical_solution"], sentinel,
-                                   listener.port)
-        # Interleave honest samples: the harness must finish them all, correctly.
-        honest = {f"HumanEval/{i}": problems[f"HumanEval/{i}"]["canonical_solution"]
-                  for i in range(1, 6)}
-        jobs = [(TASK, name, code) for name, code in hostile.items()]
-        for j, (task, code) in enumerate(honest.items()):
-            jobs.insert(3 * j + 1, (task, "honest", code))
-        programs = [humaneval.program(problems[task], code) for task, _, code in jobs]
-        start = time.monotonic()
-        results = run_programs(programs, SandboxConfig(), workers=2)
-        elapsed = time.monotonic() - start
-    finally:
-        listener.close()
-
-    verdicts = {(task, name): r for (task, name, _), r in zip(jobs, results)}
-    for (task, name), result in verdicts.items():
-        if name == "honest":
-            assert result.passed, (task, result.result, result.stderr)
-        else:
-            assert not result.passed, (name, result.result)
-            assert result.result == "timed out" or result.result.startswith("failed: ")
-        assert _group_members(result.pid) == [], (name, "left processes behind")
-    assert verdicts[TASK, "infinite loop"].result == "timed out"
-    assert verdicts[TASK, "signal tampering"].result == "timed out"
-    assert verdicts[TASK, "very long output"].result == "timed out"
-    assert len(verdicts[TASK, "very long output"].stdout) <= SandboxConfig().output_cap_bytes
-    assert verdicts[TASK, "very long output"].stdout_truncated
-    for name in ("infinite loop", "signal tampering"):
-        assert 2.9 <= verdicts[TASK, name].duration_s < 6.0, name
-    assert "MemoryError" in verdicts[TASK, "allocate 50 GB"].result
-    assert "PermissionError" in verdicts[TASK, "fork bomb"].result
-    assert "before the checks" in verdicts[TASK, "os._exit(0) before the checks"].result
-    assert "SystemExit" in verdicts[TASK, "sys.exit(0) before the checks"].result
-    # Nothing escaped: sentinel intact, no new file, nothing reached the listener.
-    assert sentinel.read_text() == "keep me"
-    assert sorted(p.name for p in outside.iterdir()) == ["sentinel.txt"]
-    assert listener.accepted == 0
-    assert elapsed < 60
-
-
-@pytest.mark.req("EVAL-02")
-def test_whole_process_group_killed_on_timeout():
-    # The child's own guards refuse fork, so drive the supervisor with a shell whose
-    # background jobs share its process group: all of them must be gone afterwards.
-    proc = subprocess.Popen(
-        ["sh", "-c", "sleep 60 & sleep 60 & sleep 60"], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    report_r, report_w = os.pipe()
-    os.close(report_w)
-    try:
-        time.sleep(0.2)
-        assert len(_group_members(proc.pid)) >= 3
-        result = _supervise(proc, report_r, b"", "nonce", SandboxConfig(timeout_s=0.5),
-                            time.monotonic())
-    finally:
-        os.close(report_r)
-        for s in (proc.stdin, proc.stdout, proc.stderr):
-            s.close()
+def test_timeout_kills_the_whole_sandbox(problems):
+    # The hostile set is in test_eval_sandbox.py (EVAL-04..06); here: a spinning sample
+    # times out at the 3 s wall clock and leaves no process of its sandbox behind.
+    spin = WRONG + "while True:\n    pass\n"
+    (result,) = run_programs([humaneval.job(problems[TASK], spin)], SandboxConfig(), workers=1)
     assert result.result == "timed out"
+    assert 2.9 <= result.duration_s < 6.0
     deadline = time.monotonic() + 2
-    while _group_members(proc.pid) and time.monotonic() < deadline:
+    while _group_members(result.pid) and time.monotonic() < deadline:
         time.sleep(0.05)  # SIGKILL is delivered asynchronously
-    assert _group_members(proc.pid) == []
+    assert _group_members(result.pid) == []
 
 
 @pytest.mark.req("EVAL-02")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pythoncoder.eval.passk import DEFAULT_KS, pass_at_ks
-from pythoncoder.eval.sandbox import SandboxConfig, run_programs
+from pythoncoder.eval.sandbox import Job, SandboxConfig, run_programs
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -37,7 +37,7 @@ def truncate_at_stop(text: str, stop: Iterable[str]) -> str:
 
 def evaluate_samples(
     samples: Sequence[Mapping[str, Any]],
-    build_program: Callable[[Mapping[str, Any]], str],
+    build_program: Callable[[Mapping[str, Any]], str | Job],
     config: SandboxConfig | None = None,
     *,
     workers: int | None = None,
@@ -48,7 +48,8 @@ def evaluate_samples(
 
     Returns one row per sample, in input order: ``task_id``, ``completion_id`` (its index
     among the samples of that task), ``completion``, ``result`` (``passed``,
-    ``failed: <reason>`` or ``timed out``), ``passed`` and ``duration_s``.
+    ``failed: <reason>`` or ``timed out``), ``passed``, ``verdict`` (``judge``: decided
+    outside the candidate; ``in-sandbox``: the weak fallback) and ``duration_s``.
     """
     programs = [build_program(s) for s in samples]
     bar, lock = None, threading.Lock()
@@ -75,7 +76,8 @@ def evaluate_samples(
         rows.append({
             "task_id": sample["task_id"], "completion_id": seen[key],
             "completion": sample["completion"], "result": result.result,
-            "passed": result.passed, "duration_s": round(result.duration_s, 4),
+            "passed": result.passed, "verdict": result.verdict,
+            "duration_s": round(result.duration_s, 4),
         })
     return rows
 
@@ -100,9 +102,14 @@ def summarize(rows: Sequence[Mapping[str, Any]], ks: Iterable[int] | None = None
     outcomes = {"passed": 0, "failed": 0, "timed out": 0}
     for row in rows:
         outcomes[row["result"].split(":", 1)[0]] += 1
+    weak = sorted({str(r["task_id"]) for r in rows if r.get("verdict") == "in-sandbox"})
     return {
         "problems": len(counts), "samples": len(rows), **outcomes,
         "pass_at_k": pass_at_ks(counts, ks),
+        # EVAL-05: samples whose verdict the candidate's own interpreter decided (the
+        # problem's test passes non-plain values, or no judge spec could be built).
+        "in_sandbox_verdicts": sum(r.get("verdict") == "in-sandbox" for r in rows),
+        "in_sandbox_problems": weak,
     }
 
 
@@ -112,5 +119,12 @@ def format_summary(name: str, summary: Mapping[str, Any]) -> str:
         f"{summary['passed']} passed, {summary['failed']} failed, "
         f"{summary['timed out']} timed out",
     ]
+    weak = summary.get("in_sandbox_verdicts", 0)
+    if weak:
+        problems = summary.get("in_sandbox_problems", [])
+        lines.append(
+            f"weak verdicts: {weak} sample(s) of {len(problems)} problem(s) judged inside the "
+            f"candidate's sandbox (tests pass non-plain values): {', '.join(problems[:10])}"
+            + (" ..." if len(problems) > 10 else ""))
     lines += [f"pass@{k}: {v:.4f}" for k, v in summary["pass_at_k"].items()]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pythoncoder.eval.harness import evaluate_samples, read_jsonl
-from pythoncoder.eval.sandbox import SandboxConfig
+from pythoncoder.eval.sandbox import Job, SandboxConfig
 
 # Stop sequences for HumanEval generation: the next top-level statement ends the body.
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -37,6 +37,27 @@ def program(problem: Mapping[str, Any], completion: str) -> str:
             f"check({problem['entry_point']})\n")
 
 
+def judge_spec(problem: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the trusted judge runs: the prompt (its helpers are problem text), the test
+    and ``check(<entry point>)``; ``None`` if the prompt alone does not compile."""
+    try:
+        compile(problem["prompt"], "<prompt>", "exec")
+    except SyntaxError:
+        return None
+    entry = problem["entry_point"]
+    return {"prelude": problem["prompt"], "test": problem["test"], "names": [entry],
+            "entry": entry}
+
+
+def job(problem: Mapping[str, Any], completion: str) -> Job:
+    """The candidate runs prompt + completion only; the judge runs the test (EVAL-05)."""
+    spec = judge_spec(problem)
+    full = program(problem, completion)
+    if spec is None:
+        return Job(full)
+    return Job(f"{problem['prompt']}{completion}\n", spec, fallback=full)
+
+
 def evaluate(
     samples: Sequence[Mapping[str, Any]],
     problems: Mapping[str, Mapping[str, Any]],
@@ -50,6 +71,6 @@ def evaluate(
     if unknown:
         raise KeyError(f"samples for unknown HumanEval task(s): {unknown[:5]}")
     return evaluate_samples(
-        samples, lambda s: program(problems[s["task_id"]], s["completion"]), config,
+        samples, lambda s: job(problems[s["task_id"]], s["completion"]), config,
         workers=workers, progress=progress, desc="humaneval",
     )

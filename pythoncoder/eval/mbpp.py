@@ -7,12 +7,14 @@ The program for a sample is ``completion + setup + the asserts``.
 
 from __future__ import annotations
 
+import ast
+import builtins
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pythoncoder.eval.harness import evaluate_samples, read_jsonl
-from pythoncoder.eval.sandbox import SandboxConfig
+from pythoncoder.eval.sandbox import Job, SandboxConfig
 
 MBPP_FIELDS = ("task_id", "text", "code", "test_list")
 # Stop sequences for generation from :func:`prompt`.
@@ -35,6 +37,54 @@ def program(problem: Mapping[str, Any], completion: str) -> str:
     return f"{completion}\n{setup}\n" + "\n".join(problem["test_list"]) + "\n"
 
 
+def _defined(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    return names
+
+
+def judge_spec(problem: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the trusted judge runs: the setup code and the asserts, with every free name
+    of the asserts bound to the candidate's function of that name.
+
+    ``None`` (weak, in-sandbox verdict) when the texts do not parse, no free name is
+    found, or the reference solution defines one of those names as a class (its
+    instances cannot cross as plain data).
+    """
+    setup = problem.get("test_setup_code") or ""
+    test = "\n".join(problem["test_list"])
+    try:
+        test_tree, setup_tree = ast.parse(test), ast.parse(setup)
+        reference = ast.parse(problem.get("code") or "")
+    except SyntaxError:
+        return None
+    known = _defined(setup_tree) | _defined(test_tree) | set(dir(builtins))
+    names = sorted({n.id for n in ast.walk(test_tree)
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - known)
+    classes = {n.name for n in ast.walk(reference) if isinstance(n, ast.ClassDef)}
+    if not names or classes & set(names):
+        return None
+    return {"prelude": setup, "test": test, "names": names, "entry": None}
+
+
+def job(problem: Mapping[str, Any], completion: str) -> Job:
+    """The candidate runs the completion (+ setup code); the judge runs the asserts."""
+    spec = judge_spec(problem)
+    full = program(problem, completion)
+    if spec is None:
+        return Job(full)
+    setup = problem.get("test_setup_code") or ""
+    return Job(f"{completion}\n{setup}\n", spec, fallback=full)
+
+
 def prompt(problem: Mapping[str, Any]) -> str:
     """Docstring prompt with the description and the first test as the usage example."""
     return f'"""\n{problem["text"]}\n{problem["test_list"][0]}\n"""\n'
@@ -53,6 +103,6 @@ def evaluate(
     if unknown:
         raise KeyError(f"samples for unknown MBPP task(s): {unknown[:5]}")
     return evaluate_samples(
-        samples, lambda s: program(problems[str(s["task_id"])], s["completion"]), config,
+        samples, lambda s: job(problems[str(s["task_id"])], s["completion"]), config,
         workers=workers, progress=progress, desc="mbpp",
     )

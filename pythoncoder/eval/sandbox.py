@@ -1,65 +1,97 @@
-"""Run untrusted Python programs, one fresh subprocess each, and report how they ended.
+"""Run untrusted Python in a kernel-enforced sandbox; decide the verdict outside it.
 
-Each program runs
+Isolation (EVAL-04). Each sample gets a fresh bubblewrap (``bwrap``) sandbox:
 
-* in a fresh interpreter (``python -I -S -B``: no environment-driven start-up, no site
-  packages, no bytecode writes) in its own session and process group;
-* in a new temporary working directory (also its ``HOME`` and ``TMPDIR``), removed after;
-* with a clean environment (no proxies, no credentials: only ``PATH``, ``HOME``,
-  ``TMPDIR`` and the locale);
-* with no network: in an empty network namespace (``unshare -n``) where the kernel
-  allows it, and always with sockets refused by the child's audit hook;
-* with rlimits on CPU time, address space, file size, processes and open files;
-* with stdout/stderr captured, read incrementally and capped at ``output_cap_bytes``;
-* under a wall-clock timeout (3 s by default): on expiry the whole process group gets
-  SIGKILL. The group is also killed after a normal exit, so nothing it forked survives.
+* new mount, PID, IPC, UTS, network (and, where the kernel allows, cgroup) namespaces; when
+  the harness is not root, also a user namespace (``--unshare-user --disable-userns``);
+* it runs as uid/gid 65534 with no capabilities and ``no_new_privs`` (bwrap sets it; when
+  the harness is root, the child drops from root to 65534 before reading any candidate
+  code, which clears every capability);
+* the file-system view is the shared libraries (``/usr/lib``, ``/usr/lib64``), the Python
+  installation read-only (its ``site-packages`` masked by an empty read-only tmpfs), the
+  three sandbox scripts read-only, a private ``/proc`` and minimal ``/dev``, and one
+  writable directory, ``/work``: a size-capped tmpfs that vanishes with the namespace.
+  No host ``/tmp``, home, ``/etc``, ``/run`` or socket is visible;
+* ``--die-with-parent``, ``--new-session``; the sandbox's PID 1 takes every process of
+  the sample with it when the harness kills the sandbox, so no daemon survives;
+* rlimits: CPU seconds, address space, file size, processes (0: no fork), open files.
 
-A program *passes* only if the child reports ``PASS <nonce>`` (a random per-run token
-sent over stdin, never in argv or the environment) on a dedicated pipe after the program
-ran to the end, and exits with status 0. See ``_sandbox_child.py`` for the in-process
-guards and their honest limits: they are best-effort, whereas the rlimits, the process
-group kill and the network namespace are enforced by the kernel.
+Without bwrap, ``unshare`` gives the namespaces (no file-system view, host work dir),
+and with neither the sample only has the uid drop (when root) and the rlimits; the
+harness warns once, saying which protection remains.
+
+Verdict (EVAL-05). For a :class:`Job` with a judge spec the candidate never sees the
+test: it runs the problem prompt plus completion and then serves calls. A trusted judge
+(``_judge.py``; one long-lived process per worker, itself in a sandbox) runs the test
+and calls the candidate over pipes, with only plain data crossing (``_wire``). A plain
+source string (or a problem whose test passes non-plain values, reported by the judge as
+``unsupported``) runs in the *weak* mode: the whole program in the sandbox, verdict
+``PASS <nonce>`` from inside, labelled ``verdict == "in-sandbox"``.
+
+Speed. Sandboxes are started one ahead per worker (the next one boots while the current
+sample runs) and the judge is reused across samples, so a sample costs one bwrap and one
+bare interpreter (``python -I -S -B``).
+
+Robustness (EVAL-06). Nothing a sample does reaches the harness (separate PID namespace
+and uid); every sample's outcome is caught and recorded; reasons are capped and
+sanitized; candidate output is kept only in :class:`SandboxResult`, never in results rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
+import queue
 import secrets
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-CHILD_SCRIPT = str(Path(__file__).with_name("_sandbox_child.py"))
+_HERE = Path(__file__).resolve().parent
+CHILD_SCRIPT = str(_HERE / "_sandbox_child.py")
+JUDGE_SCRIPT = str(_HERE / "_judge.py")
+WIRE_SCRIPT = str(_HERE / "_wire.py")
 PASSED, FAILED, TIMED_OUT = "passed", "failed", "timed out"
+JUDGE, IN_SANDBOX = "judge", "in-sandbox"
+SANDBOX_UID = SANDBOX_GID = 65534
+REASON_CAP = 200
 _READ_CHUNK = 1 << 16
+_SBX = "/sbx"  # where the scripts appear inside a bwrap sandbox
+_WORK = "/work"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SandboxConfig:
     """Limits for one sandboxed run.
 
-    ``max_processes`` is the ``RLIMIT_NPROC`` value; it counts every process and thread of
-    the user, so 0 forbids new ones for an unprivileged user. Root is exempt from it by
-    the kernel, which is why the child's audit hook also refuses ``fork`` and friends.
+    ``max_processes`` is the ``RLIMIT_NPROC`` value for uid 65534: 0 forbids ``fork``.
+    ``isolation`` is ``"auto"`` (bwrap, else unshare, else none, with a warning),
+    or one of ``"bwrap"``, ``"unshare"``, ``"none"`` to force it.
     """
 
     timeout_s: float = 3.0
     memory_bytes: int = 2 * 1024**3
     file_size_bytes: int = 16 * 1024**2
+    work_bytes: int = 64 * 1024**2
     max_processes: int = 0
     max_open_files: int = 64
     output_cap_bytes: int = 64 * 1024
     isolate_network: bool = True
+    isolation: str = "auto"
     python: str = sys.executable
 
     @property
@@ -69,7 +101,10 @@ class SandboxConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SandboxResult:
-    """How one program ended: ``status`` is ``passed``, ``failed`` or ``timed out``."""
+    """How one program ended: ``status`` is ``passed``, ``failed`` or ``timed out``.
+
+    ``verdict`` says who decided: ``judge`` (outside the candidate) or ``in-sandbox``.
+    """
 
     status: str
     reason: str
@@ -79,7 +114,8 @@ class SandboxResult:
     stdout_truncated: bool
     stderr_truncated: bool
     duration_s: float
-    pid: int  # also the process group id; the group is gone once the result exists
+    pid: int  # the sandbox's process (group) id on the host; gone once the result exists
+    verdict: str = IN_SANDBOX
 
     @property
     def passed(self) -> bool:
@@ -91,21 +127,251 @@ class SandboxResult:
         return f"{FAILED}: {self.reason}" if self.status == FAILED else self.status
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A sample: ``source`` runs in the candidate sandbox.
+
+    With ``judge`` (``prelude``, ``test``, ``names``, ``entry``) the candidate's source is
+    only the solution, and the judge runs ``prelude`` + ``test`` (+ ``check(entry)``),
+    calling the candidate's functions ``names`` across the process boundary. Without it
+    the source is the whole program and the verdict is the weak in-sandbox one;
+    ``fallback`` is that whole program for when the judge finds the test unsupported.
+    """
+
+    source: str
+    judge: Mapping[str, Any] | None = None
+    fallback: str | None = None
+
+
+def sanitize(text: str, cap: int = REASON_CAP) -> str:
+    """Printable ASCII only, one line, at most ``cap`` characters."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(text))[:cap]
+
+
+# ---------------------------------------------------------------------------------------
+# Isolation: which tool, and the command line.
+
+
+def _python_roots(python: str) -> list[str]:
+    real = os.path.realpath(python)
+    roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+    if not any(real.startswith(r + os.sep) for r in roots):
+        roots.add(os.path.dirname(real))
+    return sorted(roots)
+
+
 @functools.cache
-def network_namespace_prefix() -> tuple[str, ...]:
-    """``("unshare", "-n")`` if this process may create network namespaces, else ``()``."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return ()
+def _bwrap_base(python: str, unprivileged: bool) -> tuple[str, ...]:
+    args = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session",
+            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try"]
+    if unprivileged:
+        args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
+                 "--disable-userns"]
+    binds, links = [], []
+    for lib in ("/usr/lib", "/usr/lib64", "/usr/lib32"):
+        if os.path.isdir(lib) and not os.path.islink(lib):
+            binds.append(lib)
+    for top in ("/lib", "/lib64", "/lib32"):
+        if os.path.islink(top):
+            links += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            binds.append(top)
+    roots = _python_roots(python)
+    # bwrap makes missing parents 0700 (root's): make them traversable for uid 65534.
+    parents = {str(q) for path in [*roots, _SBX, *binds] for q in Path(path).parents
+               if str(q) != "/"}
+    for parent in sorted(parents | {_SBX}, key=lambda q: q.count("/")):
+        args += ["--perms", "0755", "--dir", parent]
+    for path in binds:
+        args += ["--ro-bind", path, path]
+    args += links
+    for root in roots:
+        args += ["--ro-bind", root, root]
+    site = {sysconfig.get_paths(vars={"base": r, "platbase": r})[k]
+            for r in roots for k in ("purelib", "platlib")}
+    # Installed packages elsewhere under the bound library dirs (Debian's dist-packages):
+    # hidden too, so that no installed benchmark data (tests, solutions) can be read.
+    site |= {str(p) for lib in binds for p in Path(lib).glob("python3*/*-packages")}
+    for path in sorted(p for p in site if os.path.isdir(p)):
+        args += ["--tmpfs", path]  # empty, root-owned 0755: unwritable for uid 65534
+    # The scripts' directory (this package's eval code: nothing private) as /sbx. One
+    # bind, not three: each --ro-bind makes bwrap re-read the mount table (CPU per sample).
+    args += ["--ro-bind", str(_HERE), _SBX]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    return tuple(args)
+
+
+@functools.cache
+def _probe(kind: str, python: str) -> bool:
+    if kind == "bwrap":
+        if shutil.which("bwrap") is None:
+            return False
+        cmd = [*_bwrap_base(python, os.geteuid() != 0), "--perms", "1777", "--tmpfs", _WORK,
+               "--chdir", _WORK, python, "-I", "-S", "-c", "pass"]
+    else:
+        if shutil.which("unshare") is None:
+            return False
+        cmd = [*_unshare_prefix(), python, "-I", "-S", "-c", "pass"]
     try:
-        probe = subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10)
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.SubprocessError):
-        return ()
-    return (unshare, "-n") if probe.returncode == 0 else ()
+        return False
+
+
+def _unshare_prefix() -> list[str]:
+    args = [shutil.which("unshare") or "unshare", "--fork", "--pid", "--mount-proc", "--net",
+            "--ipc", "--uts", "--kill-child"]
+    if os.geteuid() != 0:
+        args += ["--user", "--map-root-user"]
+    return args
+
+
+_WARNED: set[str] = set()
+
+
+def isolation(config: SandboxConfig | None = None) -> str:
+    """The isolation in use: ``bwrap``, ``unshare`` or ``none`` (warns once if not bwrap)."""
+    config = config or SandboxConfig()
+    if config.isolation != "auto":
+        return config.isolation
+    for kind in ("bwrap", "unshare"):
+        if _probe(kind, config.python):
+            break
+    else:
+        kind = "none"
+    if kind != "bwrap" and kind not in _WARNED:
+        _WARNED.add(kind)
+        remains = {
+            "unshare": "PID, network, IPC and UTS namespaces, the uid drop to 65534 when "
+                       "root, and the rlimits; the host file system stays visible (reads "
+                       "allowed, writes limited by file permissions)",
+            "none": "only the uid drop to 65534 when root, the rlimits and the process-group "
+                    "kill; the sample sees the host file system and network",
+        }[kind]
+        warnings.warn(
+            f"pythoncoder eval sandbox: bubblewrap is not usable here (apt-get install "
+            f"bubblewrap); isolation is '{kind}': {remains}.", RuntimeWarning, stacklevel=2)
+    return kind
+
+
+def network_namespace_prefix() -> tuple[str, ...]:
+    """Kept for callers of the old API: ``("unshare", "-n")`` if usable, else ``()``."""
+    return ("unshare", "-n") if _probe("unshare", sys.executable) else ()
 
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _limits(config: SandboxConfig) -> list[str]:
+    return [str(config.cpu_seconds), str(config.memory_bytes), str(config.file_size_bytes),
+            str(config.max_processes), str(config.max_open_files)]
+
+
+class _Candidate:
+    """A started (possibly pre-started) candidate sandbox waiting for its source."""
+
+    def __init__(self, config: SandboxConfig, kind: str) -> None:
+        self.workdir = None
+        c2j_r, c2j_w = os.pipe()
+        j2c_r, j2c_w = os.pipe()
+        self.out_r, self.in_w = c2j_r, j2c_w
+        if kind == "bwrap":
+            script, workdir = f"{_SBX}/_sandbox_child.py", _WORK
+            prefix = [*_bwrap_base(config.python, os.geteuid() != 0), "--perms", "1777",
+                      "--size", str(config.work_bytes), "--tmpfs", _WORK, "--chdir", _WORK]
+        else:
+            self.workdir = workdir = tempfile.mkdtemp(prefix="pythoncoder-sbx-")
+            os.chmod(workdir, 0o777)
+            script = CHILD_SCRIPT
+            prefix = _unshare_prefix() if kind == "unshare" else []
+        uid = SANDBOX_UID if os.geteuid() == 0 else -1
+        cmd = [*prefix, config.python, "-I", "-S", "-B", script, str(c2j_w), str(j2c_r),
+               str(uid), str(SANDBOX_GID), workdir, *_limits(config)]
+        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
+               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(c2j_w, j2c_r), cwd="/", env=env, start_new_session=True)
+        except BaseException:
+            for fd in (c2j_r, j2c_w):
+                os.close(fd)
+            self._remove_workdir()
+            raise
+        finally:
+            os.close(c2j_w)
+            os.close(j2c_r)
+
+    def kill(self) -> int:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        returncode = self.proc.wait()
+        for fd in (self.out_r, self.in_w):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.out_r = self.in_w = None
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None and not stream.closed:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self._remove_workdir()
+        return returncode
+
+    def _remove_workdir(self) -> None:
+        if self.workdir is None:
+            return
+        try:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        except RecursionError:  # a tree deeper than Python's recursion limit
+            pass
+        if os.path.lexists(self.workdir):  # rm walks any depth without recursion
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", self.workdir],
+                           capture_output=True, check=False)
+        self.workdir = None
+
+
+class _Judge:
+    """The trusted judge process of one worker, in its own sandbox."""
+
+    def __init__(self, config: SandboxConfig, kind: str) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if kind == "bwrap":
+            prefix = [*_bwrap_base(config.python, os.geteuid() != 0), "--chdir", "/"]
+            script = f"{_SBX}/_judge.py"
+        else:
+            prefix = _unshare_prefix() if kind == "unshare" else []
+            script = JUDGE_SCRIPT
+        uid = SANDBOX_UID if os.geteuid() == 0 else -1
+        cmd = [*prefix, config.python, "-I", "-S", "-B", script, str(theirs.fileno()),
+               str(uid), str(SANDBOX_GID), str(config.memory_bytes)]
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), cwd="/",
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"},
+                start_new_session=True)
+        finally:
+            theirs.close()
+
+    def send(self, job: Mapping[str, Any], fds: tuple[int, int]) -> None:
+        socket.send_fds(self.sock, [json.dumps(dict(job)).encode()], list(fds))
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.sock.close()
 
 
 class _Capture:
@@ -125,56 +391,133 @@ class _Capture:
         return b"".join(self.parts).decode("utf-8", "replace")
 
 
-def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResult:
-    """Run ``source`` in a fresh sandboxed subprocess; never raises for anything it does."""
-    config = config or SandboxConfig()
-    workdir = tempfile.mkdtemp(prefix="pythoncoder-sbx-")
-    nonce = secrets.token_hex(16)
-    report_r, report_w = os.pipe()
-    cmd = [
-        *(network_namespace_prefix() if config.isolate_network else ()),
-        config.python, "-I", "-S", "-B", CHILD_SCRIPT, workdir, str(report_w),
-        str(config.cpu_seconds), str(config.memory_bytes), str(config.file_size_bytes),
-        str(config.max_processes), str(config.max_open_files),
-    ]
-    env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(report_w,), cwd=workdir, env=env, start_new_session=True,
-        )
-    except BaseException:
-        os.close(report_r)
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    finally:
-        os.close(report_w)
-    try:
-        return _supervise(proc, report_r, (nonce + "\n" + source).encode(), nonce,
-                          config, start)
-    finally:
-        os.close(report_r)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+class _Slot:
+    """One worker: a judge reused across samples and the next candidate already booting."""
+
+    def __init__(self, config: SandboxConfig, prestart: bool = True) -> None:
+        self.config, self.prestart = config, prestart
+        self.kind = isolation(config)
+        self.judge: _Judge | None = None
+        self.ready: _Candidate | None = None
+
+    def _candidate(self) -> _Candidate:
+        cand, self.ready = self.ready, None
+        if cand is not None and cand.proc.poll() is not None:  # died while it waited
+            cand.kill()
+            cand = None
+        if cand is None:
+            cand = _Candidate(self.config, self.kind)
+        if self.prestart:
+            try:
+                self.ready = _Candidate(self.config, self.kind)
+            except OSError:
+                self.ready = None
+        return cand
+
+    def close(self) -> None:
+        if self.ready is not None:
+            self.ready.kill()
+            self.ready = None
+        if self.judge is not None:
+            self.judge.close()
+            self.judge = None
+
+    def run(self, job: Job) -> SandboxResult:
+        if job.judge is None:
+            return self._run(job.source, None)
+        result = self._run(job.source, job.judge)
+        if result.status == "unsupported":
+            return self._run(job.fallback or job.source, None)
+        return result
+
+    def _run(self, source: str, judge_spec: Mapping[str, Any] | None) -> SandboxResult:
+        config = self.config
+        cand = self._candidate()
+        nonce = secrets.token_hex(16)
+        mode = "serve" if judge_spec is not None else "run"
+        start = time.monotonic()
+        control = None
+        try:
+            if judge_spec is not None:
+                if self.judge is None:
+                    self.judge = _Judge(config, self.kind)
+                try:
+                    self.judge.send(judge_spec, (cand.out_r, cand.in_w))
+                except OSError:  # the judge is gone (it should not be): one fresh try
+                    self.judge.close()
+                    self.judge = _Judge(config, self.kind)
+                    self.judge.send(judge_spec, (cand.out_r, cand.in_w))
+                control = self.judge.sock
+                for fd in (cand.out_r, cand.in_w):
+                    os.close(fd)
+                cand.out_r = cand.in_w = None
+            else:
+                os.close(cand.in_w)
+                cand.in_w = None
+            payload = (f"{mode} {nonce}\n{source}").encode("utf-8", "surrogatepass")
+            outcome = _supervise(cand, payload, control, config, start)
+        except BaseException:
+            cand.kill()
+            if self.judge is not None:
+                self.judge.close()
+                self.judge = None
+            raise
+        returncode = cand.kill()
+        timed_out, report, out, err, judge_reply = outcome
+        if timed_out or (control is not None and judge_reply is None):
+            if self.judge is not None:  # it may be stuck in the test: start a fresh one
+                self.judge.close()
+                self.judge = None
+        if timed_out:
+            status, reason = TIMED_OUT, f"no result within {config.timeout_s:g} s"
+        elif judge_spec is not None:
+            status, reason = _judge_verdict(judge_reply)
+        else:
+            status, reason = _verdict(report, nonce, returncode)
+            if self.kind != "bwrap" and status == FAILED and report:
+                # Outside bwrap the sample can read host files: keep only the type name.
+                reason = reason.split(":", 1)[0]
+        return SandboxResult(
+            status=status, reason=sanitize(reason), returncode=returncode,
+            stdout=out.text(), stderr=err.text(), stdout_truncated=out.dropped > 0,
+            stderr_truncated=err.dropped > 0, duration_s=time.monotonic() - start,
+            pid=cand.proc.pid, verdict=JUDGE if judge_spec is not None else IN_SANDBOX)
 
 
-def _supervise(proc: subprocess.Popen, report_fd: int, payload: bytes, nonce: str,
-               config: SandboxConfig, start: float) -> SandboxResult:
+def _judge_verdict(reply: bytes | None) -> tuple[str, str]:
+    if not reply:
+        return FAILED, "the judge gave no verdict"
+    try:
+        data = json.loads(reply)
+        verdict, reason = data["verdict"], str(data.get("reason", ""))
+    except (ValueError, KeyError, TypeError):
+        return FAILED, "the judge gave a malformed verdict"
+    if verdict == PASSED:
+        return PASSED, ""
+    if verdict == "unsupported":
+        return "unsupported", reason
+    return FAILED, reason or "the test failed"
+
+
+def _supervise(cand: _Candidate, payload: bytes, control: socket.socket | None,
+               config: SandboxConfig, start: float):
+    """Feed the source, drain output, wait for the verdict, the exit or the deadline."""
+    proc = cand.proc
     deadline = start + config.timeout_s
     out, err = _Capture(config.output_cap_bytes), _Capture(config.output_cap_bytes)
     report = _Capture(4096)
-    sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, report_fd: report}
+    sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    if cand.out_r is not None:
+        sinks[cand.out_r] = report
     stdin_fd = proc.stdin.fileno()
     os.set_blocking(stdin_fd, False)
     sel = selectors.DefaultSelector()
     sel.register(stdin_fd, selectors.EVENT_WRITE)
     for fd in sinks:
         sel.register(fd, selectors.EVENT_READ)
-    timed_out, sent = False, 0
+    if control is not None:
+        sel.register(control.fileno(), selectors.EVENT_READ)
+    timed_out, sent, judge_reply = False, 0, None
     try:
         while sel.get_map():
             remaining = deadline - time.monotonic()
@@ -194,38 +537,26 @@ def _supervise(proc: subprocess.Popen, report_fd: int, payload: bytes, nonce: st
                         sel.unregister(fd)
                         proc.stdin.close()
                     continue
+                if control is not None and fd == control.fileno():
+                    judge_reply = control.recv(1 << 16)
+                    sel.close()
+                    return False, "", out, err, judge_reply
                 chunk = os.read(fd, _READ_CHUNK)
                 if chunk:
                     sinks[fd].add(chunk)
                 else:
                     sel.unregister(fd)
-        # Every pipe is closed; wait for the exit without reaping, so the group id stays
-        # reserved (no pid reuse) until the group has been killed below.
-        pause = 0.0005
-        while not timed_out and not _exited(proc.pid):
-            if time.monotonic() >= deadline:
-                timed_out = True
-                break
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
+        if control is None:  # weak mode: every pipe closed, wait for the exit
+            pause = 0.0005
+            while not timed_out and not _exited(proc.pid):
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
     finally:
         sel.close()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        returncode = proc.wait()
-    duration = time.monotonic() - start
-
-    if timed_out:
-        status, reason = TIMED_OUT, f"no result within {config.timeout_s:g} s"
-    else:
-        status, reason = _verdict(report.text(), nonce, returncode)
-    return SandboxResult(
-        status=status, reason=reason, returncode=returncode, stdout=out.text(),
-        stderr=err.text(), stdout_truncated=out.dropped > 0, stderr_truncated=err.dropped > 0,
-        duration_s=duration, pid=proc.pid,
-    )
+    return timed_out, report.text(), out, err, judge_reply
 
 
 def _exited(pid: int) -> bool:
@@ -245,7 +576,9 @@ def _verdict(report: str, nonce: str, returncode: int) -> tuple[str, str]:
     failures = [line[5:] for line in lines if line.startswith("FAIL ")]
     if failures:
         return FAILED, failures[-1]
-    if returncode < 0:
+    if returncode is not None and 128 < returncode < 128 + 65:
+        returncode = 128 - returncode  # bwrap exits 128 + N when its child died of signal N
+    if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
@@ -254,29 +587,57 @@ def _verdict(report: str, nonce: str, returncode: int) -> tuple[str, str]:
     return FAILED, f"exited with status {returncode} before the checks completed"
 
 
+def run_program(source: str | Job, config: SandboxConfig | None = None) -> SandboxResult:
+    """Run one program (or :class:`Job`) in a fresh sandbox; never raises for what it does."""
+    return run_programs([source], config, workers=1)[0]
+
+
 def run_programs(
-    sources: Sequence[str],
+    sources: Sequence[str | Job],
     config: SandboxConfig | None = None,
     *,
     workers: int | None = None,
     on_result: Callable[[int, SandboxResult], None] | None = None,
 ) -> list[SandboxResult]:
-    """Run many programs in parallel (``workers`` threads, one subprocess each).
+    """Run many programs or :class:`Job`\\ s in parallel, one sandbox each.
 
     Results come back in input order; ``on_result(index, result)`` is called as each one
-    finishes (from worker threads), e.g. to advance a progress bar.
+    finishes (from worker threads). A failure of the harness around one sample is that
+    sample's ``failed: harness error`` result, never a lost result.
     """
     config = config or SandboxConfig()
-    if config.isolate_network:
-        network_namespace_prefix()  # probe once, before the threads race to do it
-    results: list[SandboxResult | None] = [None] * len(sources)
+    isolation(config)  # probe (and warn) once, before the threads race to do it
+    jobs = [s if isinstance(s, Job) else Job(s) for s in sources]
+    workers = max(1, min(workers or default_workers(), len(jobs) or 1))
+    results: list[SandboxResult | None] = [None] * len(jobs)
+    slots: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+    for _ in range(workers):
+        slots.put(_Slot(config, prestart=len(jobs) > workers))
 
     def one(index: int) -> None:
-        results[index] = run_program(sources[index], config)
+        slot = slots.get()
+        start = time.monotonic()
+        try:
+            result = slot.run(jobs[index])
+        except Exception as e:  # noqa: BLE001 - recorded as this sample's result
+            result = SandboxResult(
+                status=FAILED, reason=sanitize(f"harness error: {type(e).__name__}"),
+                returncode=None, stdout="", stderr="", stdout_truncated=False,
+                stderr_truncated=False, duration_s=time.monotonic() - start, pid=0)
+        finally:
+            slots.put(slot)
+        results[index] = result
         if on_result is not None:
-            on_result(index, results[index])
+            on_result(index, result)
 
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        for future in [pool.submit(one, i) for i in range(len(sources))]:
-            future.result()
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(one, i) for i in range(len(jobs))]:
+                future.result()
+    finally:
+        while True:
+            try:
+                slots.get_nowait().close()
+            except queue.Empty:
+                break
     return results  # type: ignore[return-value]

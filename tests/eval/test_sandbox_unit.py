@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import tempfile
 import textwrap
+import warnings
 
 import pytest
 
+from pythoncoder.eval import sandbox
 from pythoncoder.eval.sandbox import (
+    SANDBOX_GID,
+    SANDBOX_UID,
+    Job,
     SandboxConfig,
     _verdict,
-    network_namespace_prefix,
+    isolation,
     run_program,
     run_programs,
 )
@@ -62,45 +68,55 @@ def test_nonce_is_not_in_argv_env_stdin_or_files():
                    for w in result.stdout.split())
 
 
-def test_clean_environment_and_temp_workdir():
+def test_clean_environment_and_private_workdir():
     probe = """
         import os, tempfile
         assert not any("proxy" in k.lower() for k in os.environ), os.environ
-        assert set(os.environ) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"}, os.environ
+        assert set(os.environ) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PWD"}, os.environ
         cwd = os.getcwd()
-        assert os.path.basename(cwd).startswith("pythoncoder-sbx-")
         assert os.environ["HOME"] == cwd == tempfile.gettempdir()
         open("scratch.txt", "w").write("ok")
         os.mkdir("sub"); os.rename("scratch.txt", "sub/moved.txt"); os.remove("sub/moved.txt")
-        print(cwd)
+        print(cwd, os.getuid(), os.getgid())
     """
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "pythoncoder-sbx-*")))
     result = run(probe)
     assert result.passed, result.result
-    assert not os.path.exists(result.stdout.strip())  # removed afterwards
+    cwd, uid, gid = result.stdout.split()
+    assert (int(uid), int(gid)) == (SANDBOX_UID, SANDBOX_GID)
+    if isolation() == "bwrap":
+        assert cwd == "/work"  # a tmpfs inside the sandbox's mount namespace
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "pythoncoder-sbx-*"))) <= before
 
 
-@pytest.mark.parametrize("escape", [
-    "import os; os.symlink('/etc', 'link'); open('link/x', 'w')",
-    "import os; fd = os.open('/tmp', os.O_RDONLY)\n"
-    "os.open('x', os.O_CREAT | os.O_WRONLY, dir_fd=fd)",
-    "import os; os.mkdir('/tmp/pythoncoder-escape')",
-    "import os; os.link('/etc/hostname', 'hard')",
-    "import ctypes",
-    "import resource; resource.setrlimit(resource.RLIMIT_CPU, (100, 100))",
-    "import gc; gc.get_objects()",
-    "import os; os.execv('/bin/true', ['true'])",
-    "import os; os.posix_spawn('/bin/true', ['true'], {})",
-    "import pty; pty.fork()",
-    "import os; os.kill(1, 0)",
-    "import os; os.killpg(1, 0)",
-    "open('/proc/self/mem', 'rb')",
+@pytest.mark.parametrize(("escape", "error"), [
+    ("import os; os.fork()", "BlockingIOError"),  # RLIMIT_NPROC 0 for uid 65534
+    ("import os; os.kill(1, 9)", "PermissionError"),  # PID 1 is the sandbox's root init
+    ("import os; os.mkdir('/usr/lib/pythoncoder-escape')", "OSError"),  # read-only
+    ("import os; open(os.__file__, 'a')", "OSError"),  # the stdlib is read-only
+    ("import resource; resource.setrlimit(resource.RLIMIT_CPU, (100, 100))", "ValueError"),
+    ("import os; os.setuid(0)", "PermissionError"),
 ])
-def test_guard_refuses(escape):
+def test_kernel_refuses(escape, error):
     result = run(escape)
-    assert result.result.startswith("failed: PermissionError: sandbox:"), result.result
-    assert not os.path.exists("/tmp/pythoncoder-escape")
+    assert not result.passed
+    assert result.result.startswith("failed: "), result.result
+    assert error in result.result or (error == "OSError" and "Error" in result.result), \
+        result.result
+
+
+@pytest.mark.skipif(isolation() != "bwrap", reason="needs bubblewrap")
+def test_host_paths_are_invisible():
+    probe = """
+        import os
+        print(sorted(os.listdir("/")), os.path.exists("/etc/passwd"), os.path.exists("/tmp"),
+              os.path.exists(CWD), len([p for p in os.listdir("/proc") if p.isdigit()]) <= 3)
+    """.replace("CWD", repr(os.getcwd()))
+    result = run(probe)
+    assert result.passed, result.result
+    assert result.stdout.split("] ")[1].split() == ["False", "False", "False", "True"]
+    assert set(eval(result.stdout.split("] ")[0] + "]")) <= {
+        "usr", "lib", "lib64", "lib32", "proc", "dev", "work", "sbx", "root", "opt", "home"}
 
 
 def test_closing_stdout_does_not_confuse_the_harness():
@@ -149,10 +165,9 @@ def test_network_namespace_when_available():
     result = run("import os\nprint(os.readlink('/proc/self/ns/net'))")
     assert result.passed
     mine = os.readlink("/proc/self/ns/net")
-    if network_namespace_prefix():
-        assert result.stdout.strip() != mine
-    else:
-        pytest.skip("unshare -n not permitted here; sockets are refused by the guard only")
+    if isolation() == "none":
+        pytest.skip("neither bwrap nor unshare works here")
+    assert result.stdout.strip() != mine
 
 
 def test_run_programs_keeps_order_and_reports_each():
@@ -169,3 +184,33 @@ def test_verdict_requires_token_and_clean_exit():
     assert _verdict("PASS abd\n", "abc", 0)[0] == "failed"
     assert _verdict("", "abc", -9) == ("failed", "killed by signal SIGKILL")
     assert _verdict("FAIL ValueError: x\n", "abc", 1) == ("failed", "ValueError: x")
+
+
+@pytest.mark.parametrize("kind", ["unshare", "none"])
+def test_fallback_isolation_runs_judges_and_cleans_up(kind):
+    if kind == "unshare" and not sandbox._probe("unshare", sys.executable):
+        pytest.skip("unshare is not permitted here")
+    config = SandboxConfig(isolation=kind, timeout_s=5.0)
+    deep = run("import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\n"
+               "print(os.getcwd().split('/d/')[0], os.getuid())", config)
+    assert deep.passed, deep.result
+    workdir, uid = deep.stdout.split()
+    assert not os.path.exists(workdir)  # removed although deeper than Python's recursion
+    if os.geteuid() == 0:
+        assert int(uid) == SANDBOX_UID
+    spec = {"prelude": "", "test": "def check(c):\n    assert c(1) == 2\n", "names": ["f"],
+            "entry": "f"}
+    judged = run_program(Job("def f(x):\n    return x + 1\n", spec), config)
+    assert (judged.result, judged.verdict) == ("passed", "judge")
+    # Outside bwrap a sample can read host files: its exception text stays out.
+    assert run("raise ValueError('host data')", config).result == "failed: ValueError"
+
+
+def test_warns_once_without_bwrap(monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", lambda kind, python: kind == "unshare")
+    monkeypatch.setattr(sandbox, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="isolation is 'unshare'.*file system stays visible"):
+        assert sandbox.isolation() == "unshare"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sandbox.isolation() == "unshare"  # no second warning

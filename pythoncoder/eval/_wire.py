@@ -1,0 +1,229 @@
+"""Plain-data codec for the sandbox's process boundary (no pickle, no code).
+
+Only ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes`` and
+``list``/``tuple``/``dict``/``set``/``frozenset`` of these cross, in a tagged text-like
+encoding. The encoder sends exact types, a subclass of one (``IntEnum``, ``OrderedDict``, a
+namedtuple...) as its plain base value, and refuses anything else; the decoder validates
+every byte, caps depth, item count and size, and
+builds fresh built-in objects. It is loaded by file path in the sandboxed candidate and
+judge (stdlib only, no imports) and imported by the harness.
+
+Frame: ``<decimal length>\\n<payload>``. Payload grammar (lengths are decimal ASCII
+followed by ``:``)::
+
+    N | T | F | i<digits>; | f<float.hex()>; | c<hex>;<hex>; | s<n>:<utf-8> | b<n>:<bytes>
+    | l<n>: item*n | t<n>: item*n | e<n>: item*n | z<n>: item*n | d<n>: (key value)*n
+"""
+
+MAX_FRAME = 16 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_ITEMS = 1_000_000
+MAX_INT_DIGITS = 4000
+
+
+class WireError(ValueError):
+    """Not plain data, or a malformed / oversized frame."""
+
+
+def encode(value) -> bytes:
+    out = []
+    count = [0]
+    _enc(value, out, 0, count)
+    payload = b"".join(out)
+    if len(payload) > MAX_FRAME:
+        raise WireError("value too large to send")
+    return payload
+
+
+def _enc(v, out, depth, count):
+    if depth > MAX_DEPTH:
+        raise WireError("value nested too deeply")
+    count[0] += 1
+    if count[0] > MAX_ITEMS:
+        raise WireError("value has too many items")
+    t = type(v)
+    if v is None:
+        out.append(b"N")
+    elif v is True:
+        out.append(b"T")
+    elif v is False:
+        out.append(b"F")
+    elif t is int:
+        text = int.__repr__(v)
+        if len(text) > MAX_INT_DIGITS:
+            raise WireError("integer too large to send")
+        out.append(b"i" + text.encode("ascii") + b";")
+    elif t is float:
+        out.append(b"f" + float.hex(v).encode("ascii") + b";")
+    elif t is complex:
+        out.append(b"c" + float.hex(v.real).encode("ascii") + b";"
+                   + float.hex(v.imag).encode("ascii") + b";")
+    elif t is str:
+        data = str.encode(v, "utf-8", "surrogatepass")
+        out.append(b"s" + str(len(data)).encode("ascii") + b":" + data)
+    elif t is bytes:
+        out.append(b"b" + str(len(v)).encode("ascii") + b":" + v)
+    elif t is list or t is tuple or t is set or t is frozenset:
+        tag = {list: b"l", tuple: b"t", set: b"e", frozenset: b"z"}[t]
+        items = list(v) if t in (set, frozenset) else v
+        out.append(tag + str(len(items)).encode("ascii") + b":")
+        for item in items:
+            _enc(item, out, depth + 1, count)
+    elif t is dict:
+        items = list(dict.items(v))
+        out.append(b"d" + str(len(items)).encode("ascii") + b":")
+        for key, item in items:
+            _enc(key, out, depth + 1, count)
+            _enc(item, out, depth + 1, count)
+    else:
+        base = _plain_base(v)
+        if base is None:
+            raise WireError(f"not plain data: {t.__name__}")
+        # A subclass of a plain type (IntEnum, OrderedDict, Counter, a namedtuple...)
+        # crosses as its plain base value: what arrives is always an exact built-in.
+        count[0] -= 1
+        _enc(base, out, depth, count)
+
+
+def _plain_base(v):
+    for base, convert in ((int, int.__index__), (float, float.__float__),
+                          (complex, complex.__complex__), (str, str.__str__),
+                          (bytes, bytes.__bytes__), (tuple, tuple), (list, list),
+                          (dict, dict), (set, set), (frozenset, frozenset)):
+        if isinstance(v, base):
+            out = convert(v)
+            return out if type(out) is base else None
+    return None
+
+
+def decode(payload: bytes):
+    if type(payload) is not bytes or len(payload) > MAX_FRAME:
+        raise WireError("frame too large or not bytes")
+    dec = _Decoder(payload)
+    value = dec.value(0)
+    if dec.pos != len(payload):
+        raise WireError("trailing bytes after the value")
+    return value
+
+
+class _Decoder:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos, self.items = data, 0, 0
+
+    def _until(self, stop: bytes) -> bytes:
+        end = self.data.find(stop, self.pos)
+        if end < 0 or end - self.pos > MAX_INT_DIGITS + 8:
+            raise WireError("malformed frame")
+        chunk = self.data[self.pos:end]
+        self.pos = end + 1
+        return chunk
+
+    def _length(self) -> int:
+        digits = self._until(b":")
+        if not digits.isdigit() or len(digits) > 9:
+            raise WireError("malformed length")
+        return int(digits)
+
+    def _take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise WireError("truncated frame")
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def _float(self) -> float:
+        try:
+            return float.fromhex(self._until(b";").decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise WireError("malformed float") from e
+
+    def value(self, depth: int):
+        if depth > MAX_DEPTH:
+            raise WireError("value nested too deeply")
+        self.items += 1
+        if self.items > MAX_ITEMS:
+            raise WireError("too many items")
+        tag = self._take(1)
+        if tag == b"N":
+            return None
+        if tag == b"T":
+            return True
+        if tag == b"F":
+            return False
+        if tag == b"i":
+            digits = self._until(b";")
+            body = digits[1:] if digits[:1] == b"-" else digits
+            if not body.isdigit():
+                raise WireError("malformed integer")
+            return int(digits)
+        if tag == b"f":
+            return self._float()
+        if tag == b"c":
+            return complex(self._float(), self._float())
+        if tag == b"s":
+            try:
+                return self._take(self._length()).decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError as e:
+                raise WireError("malformed string") from e
+        if tag == b"b":
+            return self._take(self._length())
+        if tag in (b"l", b"t", b"e", b"z"):
+            n = self._length()
+            if n > MAX_ITEMS:
+                raise WireError("too many items")
+            items = [self.value(depth + 1) for _ in range(n)]
+            if tag == b"l":
+                return items
+            if tag == b"t":
+                return tuple(items)
+            try:
+                return set(items) if tag == b"e" else frozenset(items)
+            except TypeError as e:
+                raise WireError("unhashable set element") from e
+        if tag == b"d":
+            n = self._length()
+            if n > MAX_ITEMS:
+                raise WireError("too many items")
+            out = {}
+            for _ in range(n):
+                key = self.value(depth + 1)
+                try:
+                    out[key] = self.value(depth + 1)
+                except TypeError as e:
+                    raise WireError("unhashable dict key") from e
+            return out
+        raise WireError("unknown tag")
+
+
+def frame(payload: bytes) -> bytes:
+    return str(len(payload)).encode("ascii") + b"\n" + payload
+
+
+def read_frame(read, fd: int) -> bytes:
+    """One frame from ``fd`` with ``read`` (``os.read``); ``EOFError`` at end of stream."""
+    head = b""
+    while not head.endswith(b"\n"):
+        c = read(fd, 1)
+        if not c:
+            raise EOFError("channel closed")
+        head += c
+        if len(head) > 10:
+            raise WireError("malformed frame header")
+    size = head[:-1]
+    if not size.isdigit() or int(size) > MAX_FRAME:
+        raise WireError("frame too large")
+    size = int(size)
+    parts, got = [], 0
+    while got < size:
+        chunk = read(fd, min(1 << 20, size - got))
+        if not chunk:
+            raise EOFError("channel closed mid-frame")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def write_all(write, fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[write(fd, view):]
