@@ -79,6 +79,7 @@ def test_cpu_presets_opt_out_explicitly():
 @pytest.mark.parametrize("overrides,field", [
     (dict(head_dim=15), "head_dim"), (dict(dropout_rate=1.5), "dropout_rate"),
     (dict(remat_policy="everything"), "remat_policy"), (dict(num_layers=0), "num_layers"),
+    (dict(attention_impl="flash"), "attention_impl"),
 ])
 def test_bad_configs_raise_clear_errors(overrides, field):
     with pytest.raises(ConfigError, match=field):

@@ -10,9 +10,13 @@ group ``g = i // 3`` it takes key sub-heads ``2g`` (K1) and ``2g+1`` (K2) and th
 ``lambda`` is a function of four parameter vectors and the layer index only (DIFF-02):
 it never sees activations, so it cannot leak across positions or batch rows.
 
-Attention is blocked over queries: each block sees all keys (the floor at 0 needs both
-normalised maps), and each block is rematerialised so the backward pass never holds more
-than one block's score maps.
+The reference (``blocked_differential_map``) is blocked over queries: each block sees all
+keys (the floor at 0 needs both normalised maps), and each block is rematerialised so the
+backward pass never holds more than one block's score maps.  It is the definition of
+correctness.  ``differential_attention`` is the one dispatch point between it and the fused
+Pallas kernel (``pythoncoder.model.kernels.diff_attention``), chosen by
+``ModelConfig.attention_impl``; the kernel covers self-attention (training, cache-less
+prefill), and the KV-cache paths (decode, speculative verification) always use the reference.
 """
 
 from __future__ import annotations
@@ -112,6 +116,46 @@ def blocked_differential_map(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, gq
     return jnp.moveaxis(out, 0, 1).reshape(B, T, *out.shape[3:])
 
 
+def _reference_self_attention(q, k, v, lam, segment_ids_BT, *, gqa_ratio: int,
+                              block: int) -> jax.Array:
+    B, T = q.shape[:2]
+    slots = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    return blocked_differential_map(q, k, v, lam, slots, jnp.arange(T, dtype=jnp.int32),
+                                    segment_ids_BT, segment_ids_BT, gqa_ratio=gqa_ratio,
+                                    block=block)
+
+
+def _pallas_self_attention(q, k, v, lam, segment_ids_BT, *, gqa_ratio: int,
+                           block: int) -> jax.Array:
+    from pythoncoder.model.kernels.diff_attention import diff_attention
+
+    del block  # the kernel tiles with its own block sizes
+    return diff_attention(q, k, v, lam, segment_ids_BT, gqa_ratio=gqa_ratio)
+
+
+# Registered self-attention implementations, all with one signature
+# (q, k, v, lam, segment_ids_BT, *, gqa_ratio, block) -> (B, T, heads, 2*head_dim).
+# The DIFF conformance tests run over every entry.
+ATTENTION_KERNELS = {
+    "reference": _reference_self_attention,
+    "pallas": _pallas_self_attention,
+}
+
+
+def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg: ModelConfig,
+                           self_attention: bool) -> jax.Array:
+    """The one dispatch point: the fused kernel or the reference, per ``cfg.attention_impl``.
+
+    ``self_attention`` (no KV cache: query ``t`` at slot ``t``, keys = queries) is the path
+    the kernel covers; with a cache the reference runs whatever the setting."""
+    impl = cfg.resolved_attention_impl()
+    if self_attention and impl != "reference":
+        return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
+                                       block=cfg.attn_block_size)
+    return blocked_differential_map(q, k, v, lam, q_slots, k_slots, q_seg, k_seg,
+                                    gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size)
+
+
 class DiffAttention(nnx.Module):
     """Multi-head differential attention (DIFF-02..04) with GQA and a KV cache."""
 
@@ -163,8 +207,8 @@ class DiffAttention(nnx.Module):
             if segment_ids_BT is None:
                 segment_ids_BT = seg
         lam = self.lam(layer_index)
-        out = blocked_differential_map(q, k_all, v_all, lam, q_slots_BT, k_slots, segment_ids_BT,
-                                       k_seg, gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size)
+        out = differential_attention(q, k_all, v_all, lam, q_slots_BT, k_slots, segment_ids_BT,
+                                     k_seg, cfg=cfg, self_attention=cache is None)
         out = self.subln(out) * (1.0 - lambda_init(layer_index))
         out = out.astype(x_BTD.dtype).reshape(B, T, cfg.num_diff_heads * cfg.value_head_dim)
         return self.o_proj(out), cache

@@ -16,6 +16,9 @@ import jax.numpy as jnp
 
 PRESETS = ("tiny", "small", "1b")
 REMAT_POLICIES = ("none", "full", "dots", "names")
+# "auto": the fused Pallas kernel on GPU/TPU, the reference (the definition of correctness)
+# on CPU, where Pallas only interprets.
+ATTENTION_IMPLS = ("auto", "reference", "pallas")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TPU_ALIGNMENT = 256
 
@@ -62,6 +65,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat_policy: str = "full"
     attn_block_size: int = 512
+    attention_impl: str = "auto"
     loss_chunk_size: int = 2048
     # ARCH-02: TPU-targeted configs must be 256-aligned; small CPU presets opt out.
     tpu_aligned: bool = True
@@ -105,6 +109,12 @@ class ModelConfig:
             return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
         return DTYPES[self.compute_dtype]
 
+    def resolved_attention_impl(self, backend: str | None = None) -> str:
+        """``reference`` or ``pallas``: ``auto`` is the fused kernel on GPU/TPU only."""
+        if self.attention_impl != "auto":
+            return self.attention_impl
+        return "reference" if (backend or target_platform()) == "cpu" else "pallas"
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
@@ -143,6 +153,8 @@ class ModelConfig:
              f"must be 'auto' or one of {sorted(DTYPES)}")
         need(self.remat_policy in REMAT_POLICIES, "remat_policy",
              f"must be one of {REMAT_POLICIES}")
+        need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
+             f"must be one of {ATTENTION_IMPLS}")
         if self.tpu_aligned:
             widths = {
                 "hidden_size": self.hidden_size,
@@ -184,6 +196,15 @@ _PRESET_FIELDS: dict[str, dict[str, Any]] = {
         remat_policy="none", tpu_aligned=False,
     ),
 }
+
+
+def target_platform() -> str:
+    """The platform code is traced for: the ``jax.default_device`` in force (set while
+    compiling ahead of time for a TPU topology from a CPU host), else the default backend."""
+    device = jax.config.jax_default_device
+    if device is None:
+        return jax.default_backend()
+    return device if isinstance(device, str) else device.platform
 
 
 def lambda_init(layer_index: Any) -> Any:

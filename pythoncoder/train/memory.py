@@ -78,7 +78,10 @@ def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     rep = NamedSharding(mesh, P())
     step = jax.jit(step_fn, in_shardings=(shardings, rep, rep), out_shardings=(shardings, rep),
                    donate_argnums=0)
-    compiled = step.lower(state, batch, key).compile()
+    # Trace for the target device: ModelConfig's "auto" attention and the Pallas kernels
+    # (Mosaic reads the chip generation from it) see the TPU, not this CPU host.
+    with jax.default_device(devices[0]):
+        compiled = step.lower(state, batch, key).compile()
     mem = compiled.memory_analysis()
     arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
     temp, alias = int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes)
@@ -93,6 +96,7 @@ def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         "seq_len": train_cfg.seq_len,
         "accum_steps": train_cfg.accum_steps,
         "remat_policy": model_cfg.remat_policy,
+        "attention_impl": model_cfg.resolved_attention_impl(devices[0].platform),
         "compute_dtype": jnp.dtype(model_cfg.dtype()).name,
         "argument_bytes": arg,
         "output_bytes": out,

@@ -1,0 +1,1 @@
+"""Fused kernels behind the seams in ``pythoncoder.model`` (the references stay there)."""
