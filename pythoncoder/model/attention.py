@@ -163,8 +163,16 @@ class DiffAttention(nnx.Module):
             if segment_ids_BT is None:
                 segment_ids_BT = seg
         lam = self.lam(layer_index)
-        out = blocked_differential_map(q, k_all, v_all, lam, q_slots_BT, k_slots, segment_ids_BT,
-                                       k_seg, gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size)
+        if cache is not None:  # read only the live cache prefix (slots < cache_index + T)
+            from pythoncoder.model.live_attention import live_differential_map
+
+            out = live_differential_map(q, k_all, v_all, lam, q_slots_BT, k_seg, segment_ids_BT,
+                                        idx + T, gqa_ratio=cfg.gqa_ratio,
+                                        block=cfg.attn_block_size)
+        else:
+            out = blocked_differential_map(q, k_all, v_all, lam, q_slots_BT, k_slots,
+                                           segment_ids_BT, k_seg, gqa_ratio=cfg.gqa_ratio,
+                                           block=cfg.attn_block_size)
         out = self.subln(out) * (1.0 - lambda_init(layer_index))
         out = out.astype(x_BTD.dtype).reshape(B, T, cfg.num_diff_heads * cfg.value_head_dim)
         return self.o_proj(out), cache
