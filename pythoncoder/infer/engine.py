@@ -185,6 +185,90 @@ def _speculate(model: PythonCoder, state: DecodeState, *, sampling: SamplingConf
     return new, out, logits
 
 
+class LoopOutput(NamedTuple):
+    """What one on-device chunk emits: per step ``tokens[i, b, :count[i, b]]`` for
+    ``i < steps``; ``speculated[i]`` says whether step ``i`` drafted (then ``accepted``)."""
+
+    tokens_NBK: jax.Array
+    count_NB: jax.Array
+    accepted_NB: jax.Array
+    speculated_N: jax.Array
+    steps: jax.Array  # int32 scalar: steps run (< N when every row finished or no room)
+    done_B: jax.Array
+
+
+def _row_updates(tokens_BK, count_B, done_B, n_B, eos_id, max_new, stop_ids):
+    """The host's per-token stop rules (EOS, length, stop token ids), vectorised over rows:
+    a row is done after an EOS (not counted), its ``max_new``-th token, or a stop token."""
+    for k in range(tokens_BK.shape[1]):
+        t = tokens_BK[:, k]
+        valid = (k < count_B) & ~done_B
+        is_eos = valid & (t == eos_id)
+        kept = valid & ~is_eos
+        n_B = n_B + kept.astype(jnp.int32)
+        stop = jnp.any(t.reshape(-1, 1) == stop_ids.reshape(1, -1), axis=1)
+        done_B = done_B | is_eos | (kept & ((n_B >= max_new) | stop))
+    return done_B, n_B
+
+
+def _decode_loop(model: PythonCoder, state: DecodeState, done_B, n_B, eos_id, max_new,
+                 stop_ids, *, steps: int, speculative: bool,
+                 sampling: SamplingConfig, num_real: int):
+    """Up to ``steps`` decode (or speculate) steps in one ``lax.while_loop``.
+
+    Stops early when every row is done (``_row_updates``) or the cache has no room for
+    another step.  Each step is exactly the per-step program's computation (same key
+    splits, same cache writes, all rows computed whether done or not), so the tokens are
+    those of the host loop; the host replays the recorded steps through the same
+    bookkeeping (text stops, streaming, stats).
+    """
+    B = state.pending_B.shape[0]
+    S = state.cache.k.shape[2]
+    K = 2 if speculative else 1
+    # A fresh module per traced branch: NNX refuses one module object inside two traces.
+    graphdef, params = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(params)
+
+    def fresh():
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+    def plain(st):
+        new, out, _ = _decode(fresh(), st, sampling=sampling,
+                              num_real=num_real)
+        toks = jnp.pad(out.tokens_BK, ((0, 0), (0, K - 1)))
+        return new, toks, out.count_B, jnp.zeros((B,), bool)
+
+    def spec(st):
+        new, out, _ = _speculate(fresh(), st, sampling=sampling,
+                                 num_real=num_real)
+        return new, out.tokens_BK, out.count_B, out.accepted_B
+
+    def cond(carry):
+        i, st, done, _, _ = carry
+        return (i < steps) & ~jnp.all(done) & (st.index + 1 <= S)
+
+    def body(carry):
+        i, st, done, n, buf = carry
+        if speculative:
+            use_spec = st.index + 2 <= S
+            st, toks, count, acc = jax.lax.cond(use_spec, spec, plain, st)
+        else:
+            use_spec = jnp.zeros((), bool)
+            st, toks, count, acc = plain(st)
+        done, n = _row_updates(toks, count, done, n, eos_id, max_new, stop_ids)
+        buf = LoopOutput(buf.tokens_NBK.at[i].set(toks), buf.count_NB.at[i].set(count),
+                         buf.accepted_NB.at[i].set(acc), buf.speculated_N.at[i].set(use_spec),
+                         buf.steps, buf.done_B)
+        return i + 1, st, done, n, buf
+
+    buf = LoopOutput(jnp.zeros((steps, B, K), jnp.int32), jnp.zeros((steps, B), jnp.int32),
+                     jnp.zeros((steps, B), bool), jnp.zeros((steps,), bool),
+                     jnp.zeros((), jnp.int32), done_B)
+    i, state, done_B, _, buf = jax.lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), state, done_B, n_B, buf))
+    return state, buf._replace(steps=i, done_B=done_B)
+
+
 @functools.lru_cache(maxsize=16)
 def _programs(graphdef: Any) -> dict[str, Callable]:
     """Jitted passes for one model structure; parameters are arguments (compile once)."""
@@ -200,6 +284,8 @@ def _programs(graphdef: Any) -> dict[str, Callable]:
                            static_argnames=("cache_len", "all_logits", *statics)),
         "decode": jax.jit(bind(_decode), static_argnames=statics, donate_argnums=(1,)),
         "speculate": jax.jit(bind(_speculate), static_argnames=statics, donate_argnums=(1,)),
+        "loop": jax.jit(bind(_decode_loop), donate_argnums=(1,),
+                        static_argnames=("steps", "speculative", *statics)),
     }
 
 
@@ -257,6 +343,22 @@ class Engine:
         return self.programs["speculate"](self.params if params is None else params, state,
                                           sampling=sampling, num_real=self.num_real)
 
+    def decode_loop(self, state: DecodeState, done_B, n_B, *, steps: int, max_new_tokens: int,
+                    eos_id: int | None = EOS_ID, stop_token_ids: Sequence[int] = (),
+                    speculative: bool = False, sampling: SamplingConfig = GREEDY,
+                    params: Any = None) -> tuple[DecodeState, LoopOutput]:
+        """Up to ``steps`` steps on the device (``state`` is donated); see ``_decode_loop``.
+
+        ``done_B`` / ``n_B``: rows already finished and tokens generated so far per row."""
+        ids = [int(t) for t in stop_token_ids]
+        stop_ids = ids + [-1] * (round_up(max(len(ids), 1), 8) - len(ids))  # -1: no token
+        return self.programs["loop"](
+            self.params if params is None else params, state, jnp.asarray(done_B, bool),
+            jnp.asarray(n_B, jnp.int32), jnp.asarray(-1 if eos_id is None else eos_id,
+                                                     jnp.int32),
+            jnp.asarray(max_new_tokens, jnp.int32), jnp.asarray(stop_ids, jnp.int32),
+            steps=steps, speculative=speculative, sampling=sampling, num_real=self.num_real)
+
     # ---- the generation loop --------------------------------------------------------------
     def cache_len_for(self, prompt_len: int, max_new_tokens: int, batch: int,
                       speculative: bool) -> int:
@@ -281,13 +383,24 @@ class Engine:
         params: Any = None,
         cache_len: int | None = None,
         prompt_len: int | None = None,
+        stop_token_ids: Sequence[int] = (),
+        device_loop: bool = True,
+        chunk: int = 32,
     ) -> GenerationResult:
         """Generate up to ``max_new_tokens`` per prompt (token ids in, token ids out).
 
         ``stop(row, generated)`` is asked after each new token (e.g. text stop sequences);
-        ``on_tokens(row, new)`` streams.  ``cache_len`` / ``prompt_len`` pin the static
-        shapes (default: rounded up from the need), so repeated calls reuse one compile.
+        ``stop_token_ids``: a row also stops after emitting one of these (kept in its
+        output); ``on_tokens(row, new)`` streams.  ``cache_len`` / ``prompt_len`` pin the
+        static shapes (default: rounded up from the need), so repeated calls reuse one
+        compile.  ``device_loop`` runs the steps in compiled chunks of ``chunk`` steps
+        (EOS / length / stop ids checked on the device; ``stop`` and ``on_tokens`` run
+        after each chunk); ``device_loop=False`` dispatches one step at a time.  Both
+        give the same tokens.
         """
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk}: must be >= 1")
+        stop_set = {int(t) for t in stop_token_ids}
         B = len(prompts)
         if B == 0:
             return GenerationResult([], [], {})
@@ -339,6 +452,9 @@ class Engine:
                     if len(gen[b]) >= max_new_tokens:
                         reasons[b] = "length"
                         break
+                    if t in stop_set:
+                        reasons[b] = "stop"
+                        break
                     if stop is not None and stop(b, gen[b]):
                         reasons[b] = "stop"
                         break
@@ -352,7 +468,24 @@ class Engine:
         t1 = time.perf_counter()
         index_bound = P  # an upper bound of state.index, exact after a sync
         in_flight: StepOutput | None = None
-        while True:
+        while device_loop:
+            active = [b for b in range(B) if reasons[b] is None]
+            if not active:
+                break
+            state, loop = self.decode_loop(
+                state, [r is not None for r in reasons], [len(g) for g in gen], steps=chunk,
+                max_new_tokens=max_new_tokens, eos_id=eos_id, stop_token_ids=sorted(stop_set),
+                speculative=speculative, sampling=sampling, params=params)
+            n = int(loop.steps)
+            toks, counts, acc, spec = jax.device_get(
+                (loop.tokens_NBK, loop.count_NB, loop.accepted_NB, loop.speculated_N))
+            for i in range(n):
+                absorb(StepOutput(toks[i], counts[i], acc[i] if spec[i] else None))
+            if n < chunk and any(r is None for r in reasons):
+                for b in range(B):  # the device saw no room for another step
+                    if reasons[b] is None:
+                        reasons[b] = "length"
+        while not device_loop:
             active = [b for b in range(B) if reasons[b] is None]
             if not active:
                 break

@@ -143,15 +143,22 @@ ATTENTION_KERNELS = {
 
 
 def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg: ModelConfig,
-                           self_attention: bool) -> jax.Array:
+                           self_attention: bool, live_len: jax.Array | int | None = None
+                           ) -> jax.Array:
     """The one dispatch point: the fused kernel or the reference, per ``cfg.attention_impl``.
 
     ``self_attention`` (no KV cache: query ``t`` at slot ``t``, keys = queries) is the path
-    the kernel covers; with a cache the reference runs whatever the setting."""
+    the kernel covers; with a cache (``live_len`` = slots filled so far) the live-prefix
+    XLA path reads only the cache blocks below ``live_len``, whatever the setting."""
     impl = cfg.resolved_attention_impl()
     if self_attention and impl != "reference":
         return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
                                        block=cfg.attn_block_size)
+    if live_len is not None:
+        from pythoncoder.model.live_attention import live_differential_map
+
+        return live_differential_map(q, k, v, lam, q_slots, k_seg, q_seg, live_len,
+                                     gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size)
     return blocked_differential_map(q, k, v, lam, q_slots, k_slots, q_seg, k_seg,
                                     gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size)
 
@@ -208,7 +215,8 @@ class DiffAttention(nnx.Module):
                 segment_ids_BT = seg
         lam = self.lam(layer_index)
         out = differential_attention(q, k_all, v_all, lam, q_slots_BT, k_slots, segment_ids_BT,
-                                     k_seg, cfg=cfg, self_attention=cache is None)
+                                     k_seg, cfg=cfg, self_attention=cache is None,
+                                     live_len=None if cache is None else idx + T)
         out = self.subln(out) * (1.0 - lambda_init(layer_index))
         out = out.astype(x_BTD.dtype).reshape(B, T, cfg.num_diff_heads * cfg.value_head_dim)
         return self.o_proj(out), cache
