@@ -136,12 +136,12 @@ def judge(job, channel):
 def main():
     control = socket.socket(fileno=int(sys.argv[1]))
     uid, gid, memory = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    import resource  # before the uid drop: outside bwrap the stdlib may be root-only
+
     if uid >= 0 and os.getuid() == 0:  # trusted, but it needs no privilege either
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-    import resource
-
     # Values from a candidate can make a test allocate or loop: bound what that costs.
     for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, 0),
                          (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NOFILE, 64),
