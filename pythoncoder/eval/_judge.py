@@ -25,8 +25,14 @@ import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _WIRE = {"__name__": "_wire"}
-with open(os.path.join(_HERE, "_wire.py"), "rb") as _f:
-    exec(compile(_f.read(), "_wire.py", "exec"), _WIRE)
+if os.path.exists(os.path.join(_HERE, "_wire.pyc")):  # compiled by the harness
+    import marshal
+
+    with open(os.path.join(_HERE, "_wire.pyc"), "rb") as _f:
+        exec(marshal.loads(_f.read()[16:]), _WIRE)
+else:
+    with open(os.path.join(_HERE, "_wire.py"), "rb") as _f:
+        exec(compile(_f.read(), "_wire.py", "exec"), _WIRE)
 encode, decode, frame = _WIRE["encode"], _WIRE["decode"], _WIRE["frame"]
 read_frame, write_all, WireError = _WIRE["read_frame"], _WIRE["write_all"], _WIRE["WireError"]
 
