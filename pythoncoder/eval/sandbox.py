@@ -48,6 +48,7 @@ import marshal
 import math
 import os
 import queue
+import resource
 import secrets
 import selectors
 import shutil
@@ -500,7 +501,8 @@ class _Slot:
             else:
                 os.close(cand.in_w)
                 cand.in_w = None
-            payload = (f"{mode} {nonce}\n{source}").encode("utf-8", "surrogatepass")
+            limited = int(_prlimit(cand, config))
+            payload = f"{mode} {nonce} {limited}\n{source}".encode("utf-8", "surrogatepass")
             outcome = _supervise(cand, payload, control, config, start)
         except BaseException:
             cand.kill()
@@ -528,6 +530,44 @@ class _Slot:
             stdout=out.text(), stderr=err.text(), stdout_truncated=out.dropped > 0,
             stderr_truncated=err.dropped > 0, duration_s=time.monotonic() - start,
             pid=cand.proc.pid, verdict=JUDGE if judge_spec is not None else IN_SANDBOX)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _prlimit(cand: _Candidate, config: SandboxConfig) -> bool:
+    """Lower the rlimits of the waiting candidate interpreter from here (``prlimit``), so
+    it need not load ``resource`` itself. False (the child then does it) if it cannot be
+    found yet (still starting) or the kernel refuses."""
+    pid = cand.proc.pid
+    for _ in range(3):  # bwrap -> the sandbox's init -> the interpreter (fewer outside)
+        kids = _children(pid)
+        if len(kids) != 1:
+            break
+        pid = kids[0]
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if b"_sandbox_child.py" not in cmdline or _children(pid):
+        return False
+    cpu = config.cpu_seconds
+    try:
+        for limit, value in (
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_CORE, (0, 0)),
+            (resource.RLIMIT_AS, (config.memory_bytes,) * 2),
+            (resource.RLIMIT_FSIZE, (config.file_size_bytes,) * 2),
+            (resource.RLIMIT_NPROC, (config.max_processes,) * 2),
+            (resource.RLIMIT_NOFILE, (config.max_open_files,) * 2),
+        ):
+            resource.prlimit(pid, limit, value)
+    except OSError:
+        return False
+    return True
 
 
 def _judge_verdict(reply: bytes | None) -> tuple[str, str]:

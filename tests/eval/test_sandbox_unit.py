@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import textwrap
+import time
 import warnings
 
 import pytest
@@ -214,3 +215,23 @@ def test_warns_once_without_bwrap(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sandbox.isolation() == "unshare"  # no second warning
+
+
+def test_limits_hold_whether_the_harness_or_the_child_sets_them():
+    # Pre-started sandboxes get their rlimits from the harness (prlimit) when their
+    # interpreter is up in time, else the child sets them: every sample sees the same.
+    config = SandboxConfig(timeout_s=2.0, memory_bytes=768 * 1024**2)
+    probe = ("import resource as r\nprint([r.getrlimit(x) for x in (r.RLIMIT_CPU, r.RLIMIT_AS, "
+             "r.RLIMIT_FSIZE, r.RLIMIT_NPROC, r.RLIMIT_NOFILE, r.RLIMIT_CORE)])")
+    expected = str([(3, 4), (768 * 1024**2,) * 2, (config.file_size_bytes,) * 2, (0, 0),
+                    (64, 64), (0, 0)])
+    results = run_programs([probe] * 6, config, workers=1)
+    assert [r.stdout.strip() for r in results] == [expected] * 6
+    first = sandbox._Candidate(config, isolation(config))
+    try:
+        deadline = time.monotonic() + 10
+        while not sandbox._prlimit(first, config):
+            assert time.monotonic() < deadline, "prlimit never applied"
+            time.sleep(0.02)
+    finally:
+        first.kill()
