@@ -550,10 +550,13 @@ def _prlimit(cand: _Candidate, config: SandboxConfig) -> bool:
             break
         pid = kids[0]
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    if b"_sandbox_child.py" not in cmdline or _children(pid):
+    # Only the interpreter itself (bwrap's own argv names the script too): else the
+    # limits would land on bwrap, and the child, told they are set, would skip them.
+    if argv[0] != os.fsencode(config.python) or len(argv) < 5 \
+            or not argv[4].rstrip(b"c").endswith(b"_sandbox_child.py") or _children(pid):
         return False
     cpu = config.cpu_seconds
     try:
