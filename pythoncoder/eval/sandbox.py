@@ -8,13 +8,17 @@ Isolation (EVAL-04). Each sample gets a fresh bubblewrap (``bwrap``) sandbox:
   the harness is root, the child drops from root to 65534 before reading any candidate
   code, which clears every capability);
 * the file-system view is the shared libraries (``/usr/lib``, ``/usr/lib64``), the Python
-  installation read-only (its ``site-packages`` masked by an empty read-only tmpfs), the
-  three sandbox scripts read-only, a private ``/proc`` and minimal ``/dev``, and one
-  writable directory, ``/work``: a size-capped tmpfs that vanishes with the namespace.
-  No host ``/tmp``, home, ``/etc``, ``/run`` or socket is visible;
+  installation read-only (its ``site-packages`` and any ``dist-packages`` under the
+  library dirs masked by empty root-owned tmpfs), the three sandbox scripts read-only
+  (``/sbx``, a compiled private copy), a private ``/proc`` and bwrap's minimal ``/dev``,
+  and one writable directory, ``/work``: a size-capped tmpfs that vanishes with the
+  namespace. No host ``/tmp``, home, ``/etc``, ``/run`` or socket is visible;
 * ``--die-with-parent``, ``--new-session``; the sandbox's PID 1 takes every process of
   the sample with it when the harness kills the sandbox, so no daemon survives;
-* rlimits: CPU seconds, address space, file size, processes (0: no fork), open files.
+* rlimits: CPU seconds, address space, file size, processes (0: no fork), open files;
+  set by the harness with ``prlimit`` on the waiting interpreter where the kernel allows
+  (it must still be root, or the harness must hold ``CAP_SYS_RESOURCE``), else by the
+  child itself, in both cases before any candidate code runs. No seccomp filter.
 
 Without bwrap, ``unshare`` gives the namespaces (no file-system view, host work dir),
 and with neither the sample only has the uid drop (when root) and the rlimits; the
