@@ -132,3 +132,27 @@ def test_cli_generates_with_mbpp_prompts(data, tmp_path, capsys, monkeypatch):
     assert seen["stop"] == list(mbpp.MBPP_STOP) and seen["n"] == 1
     assert PROBLEMS[0]["text"] in seen["prompts"][0]
     assert PROBLEMS[0]["test_list"][0] in seen["prompts"][0]
+
+
+@pytest.mark.req("EVAL-05")
+def test_judge_mode_and_the_labelled_weak_fallbacks():
+    from pythoncoder.eval.harness import format_summary, summarize
+
+    problems = {
+        "12": PROBLEMS[1],  # judged outside the candidate
+        "2": {"task_id": 2, "text": "Pair class", "code": "class Pair:\n    def __init__(s, a):"
+              "\n        s.a = a\n\ndef first(p):\n    return p.a",
+              "test_list": ["assert first(Pair(3)) == 3"], "test_setup_code": ""},
+        "3": {"task_id": 3, "text": "apply f", "code": "def apply(f, x):\n    return f(x)",
+              "test_list": ["assert apply(lambda v: v + 1, 1) == 2"], "test_setup_code": ""},
+    }
+    assert mbpp.judge_spec(problems["12"])["names"] == ["sort_matrix"]
+    assert mbpp.judge_spec(problems["2"]) is None  # the reference defines a class the test uses
+    assert mbpp.judge_spec(problems["3"]) is not None  # only the judge finds the lambda
+    samples = [{"task_id": p["task_id"], "completion": p["code"]} for p in problems.values()]
+    rows = mbpp.evaluate(samples, problems, progress=False)
+    assert [(r["passed"], r["verdict"]) for r in rows] == [
+        (True, "judge"), (True, "in-sandbox"), (True, "in-sandbox")]
+    summary = summarize(rows)
+    assert (summary["in_sandbox_verdicts"], summary["in_sandbox_problems"]) == (2, ["2", "3"])
+    assert "weak verdicts: 2 sample(s) of 2 problem(s)" in format_summary("mbpp", summary)

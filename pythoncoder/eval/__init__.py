@@ -1,4 +1,4 @@
-"""Evaluation: sandboxed HumanEval / MBPP and unbiased pass@k (EVAL-01..03).
+"""Evaluation: sandboxed HumanEval / MBPP and unbiased pass@k (EVAL-01..06).
 
 ``pythoncoder eval humaneval|mbpp`` is the command line (:mod:`pythoncoder.eval.commands`).
 """

@@ -25,8 +25,14 @@ import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _WIRE = {"__name__": "_wire"}
-with open(os.path.join(_HERE, "_wire.py"), "rb") as _f:
-    exec(compile(_f.read(), "_wire.py", "exec"), _WIRE)
+if os.path.exists(os.path.join(_HERE, "_wire.pyc")):  # compiled by the harness
+    import marshal
+
+    with open(os.path.join(_HERE, "_wire.pyc"), "rb") as _f:
+        exec(marshal.loads(_f.read()[16:]), _WIRE)
+else:
+    with open(os.path.join(_HERE, "_wire.py"), "rb") as _f:
+        exec(compile(_f.read(), "_wire.py", "exec"), _WIRE)
 encode, decode, frame = _WIRE["encode"], _WIRE["decode"], _WIRE["frame"]
 read_frame, write_all, WireError = _WIRE["read_frame"], _WIRE["write_all"], _WIRE["WireError"]
 
@@ -136,12 +142,12 @@ def judge(job, channel):
 def main():
     control = socket.socket(fileno=int(sys.argv[1]))
     uid, gid, memory = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    import resource  # before the uid drop: outside bwrap the stdlib may be root-only
+
     if uid >= 0 and os.getuid() == 0:  # trusted, but it needs no privilege either
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-    import resource
-
     # Values from a candidate can make a test allocate or loop: bound what that costs.
     for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, 0),
                          (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NOFILE, 64),

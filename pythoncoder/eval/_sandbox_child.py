@@ -5,11 +5,12 @@ script in a fresh interpreter; never imported by the package. Trusted code, run 
 any candidate code:
 
 1. drops to ``UID``/``GID`` if it is root (bubblewrap run by root keeps root until here;
-   ``setuid`` then clears every capability; ``no_new_privs`` is already set by bwrap),
-   lowers the rlimits (CPU, address space, file size, processes, open files, no cores)
+   ``setuid`` then clears every capability; ``no_new_privs`` is already set by bwrap)
    and enters the per-sample work directory;
-2. reads ``MODE NONCE\\n`` + the program source from stdin until EOF and points fd 0 at
-   ``/dev/null``;
+2. reads ``MODE NONCE LIMITED\\n`` + the program source from stdin until EOF and points
+   fd 0 at ``/dev/null``; unless ``LIMITED`` is ``1`` (the harness already lowered this
+   process's rlimits with ``prlimit``), lowers the rlimits itself (CPU, address space,
+   file size, processes, open files, no cores), before any candidate code runs;
 3. ``MODE == "serve"``: runs the source (problem prompt + completion), reports ``ready``
    (or the error) on ``OUT_FD``, then answers calls ``(name, args, kwargs)`` from the
    trusted judge on ``IN_FD`` with plain data only (``_wire``). The verdict is the
@@ -24,11 +25,12 @@ boundary. Containment is the kernel's (namespaces, uid, rlimits) in ``sandbox.py
 """
 
 import os
-import resource
 import sys
 
 
 def _set_limits(cpu_s, memory, file_size, nproc, nofile):
+    import resource  # only when the harness could not set them (saves a module load)
+
     for limit, value in (
         (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),  # soft: SIGXCPU, hard: SIGKILL
         (resource.RLIMIT_AS, (memory, memory)),
@@ -51,14 +53,23 @@ def _describe(exc):
 
 
 def _read_wire():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_wire.py")
-    with open(path, "rb") as f:  # read while still root: the checkout may be private
-        return f.read()
+    """The codec's bytecode (``_wire.pyc``, made by the harness) or its source."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("_wire.pyc", "_wire.py"):
+        try:
+            with open(os.path.join(here, name), "rb") as f:  # read while still root
+                return name, f.read()
+        except OSError:
+            continue
+    raise FileNotFoundError("_wire.py")
 
 
 def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
+    import marshal
+
     wire = {"__name__": "_wire"}
-    exec(compile(wire_source, "_wire.py", "exec"), wire)
+    name, data = wire_source
+    exec(marshal.loads(data[16:]) if name.endswith("c") else compile(data, name, "exec"), wire)
     encode, decode, frame = wire["encode"], wire["decode"], wire["frame"]
     read_frame, write_all = wire["read_frame"], wire["write_all"]
     read = os.read
@@ -102,12 +113,13 @@ def _main():
     cpu_s, memory, file_size, nproc, nofile = (int(a) for a in sys.argv[6:11])
     os.chdir(workdir)
     wire_source = _read_wire()
+    if not __file__.startswith("/sbx/"):  # outside bwrap the stdlib may be root-only
+        import resource  # noqa: F401 - loaded now, while still root
     if uid >= 0 and os.getuid() == 0:
         os.chown(workdir, uid, gid)
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)  # all of real, effective and saved: capabilities are cleared
-    _set_limits(cpu_s, memory, file_size, nproc, nofile)
 
     chunks = []
     while chunk := os.read(0, 1 << 16):
@@ -118,8 +130,10 @@ def _main():
     os.dup2(null, 0)
     os.close(null)
     header, _, source = data.partition(b"\n")
-    mode, _, nonce = header.decode("ascii", "replace").partition(" ")
+    mode, nonce, limited = (header.decode("ascii", "replace").split(" ") + ["", ""])[:3]
     nonce = nonce.encode("ascii")
+    if limited != "1":  # the harness did not prlimit() this process: do it here
+        _set_limits(cpu_s, memory, file_size, nproc, nofile)
 
     namespace = {"__name__": "__sample__", "__builtins__": __builtins__}
     streams = (sys.stdout, sys.stderr)

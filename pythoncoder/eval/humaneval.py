@@ -2,6 +2,15 @@
 
 Only the data file is taken from that package; programs run in our own sandbox.
 The program for a sample is ``prompt + completion + "\\n" + test + "\\ncheck(entry_point)"``.
+
+Verdict (EVAL-05): the candidate's sandbox runs ``prompt + completion`` only; the trusted
+judge runs the prompt (its helpers, e.g. HumanEval/38's ``encode_cyclic``, are problem
+text), the test and ``check(proxy)``, the proxy calling the candidate with plain data.
+All 164 problems work this way (``test_canonical_solutions_score_all`` asserts every
+canonical verdict is the judge's): no test passes a function or object to the
+candidate, checks argument identity, or relies on in-place mutation beyond what the
+copy-back of list/dict/set arguments mirrors. A problem that did would fall back to the
+in-sandbox verdict, labelled ``verdict: in-sandbox`` and counted in the summary.
 """
 
 from __future__ import annotations

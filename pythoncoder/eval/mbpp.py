@@ -3,6 +3,21 @@
 Each row has ``task_id``, ``text`` (the description), ``code`` (a reference solution)
 and ``test_list`` (assert statements); ``test_setup_code`` is used when present.
 The program for a sample is ``completion + setup + the asserts``.
+
+Verdict (EVAL-05): the candidate's sandbox runs ``completion + setup``; the trusted judge
+runs the setup and the asserts with every free name of the asserts bound to a proxy of
+the candidate's function of that name (plain data across the boundary). Where that
+cannot work the sample gets the weak, in-sandbox verdict (``verdict: in-sandbox``,
+counted and listed by problem in the summary):
+
+* the asserts or setup do not parse, or name no candidate function;
+* the reference ``code`` defines a class the asserts use (its instances cannot cross);
+* the judge finds, while running, that the test passes a non-plain value (a function,
+  an object) to the candidate.
+
+Known limits of the judge mode: a name the asserts use for a candidate-defined
+*constant* (not a function) reaches the test as a proxy and fails; a candidate result
+that is not plain data (a generator, an instance of its own class) fails the sample.
 """
 
 from __future__ import annotations

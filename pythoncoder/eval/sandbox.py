@@ -8,13 +8,17 @@ Isolation (EVAL-04). Each sample gets a fresh bubblewrap (``bwrap``) sandbox:
   the harness is root, the child drops from root to 65534 before reading any candidate
   code, which clears every capability);
 * the file-system view is the shared libraries (``/usr/lib``, ``/usr/lib64``), the Python
-  installation read-only (its ``site-packages`` masked by an empty read-only tmpfs), the
-  three sandbox scripts read-only, a private ``/proc`` and minimal ``/dev``, and one
-  writable directory, ``/work``: a size-capped tmpfs that vanishes with the namespace.
-  No host ``/tmp``, home, ``/etc``, ``/run`` or socket is visible;
+  installation read-only (its ``site-packages`` and any ``dist-packages`` under the
+  library dirs masked by empty root-owned tmpfs), the three sandbox scripts read-only
+  (``/sbx``, a compiled private copy), a private ``/proc`` and bwrap's minimal ``/dev``,
+  and one writable directory, ``/work``: a size-capped tmpfs that vanishes with the
+  namespace. No host ``/tmp``, home, ``/etc``, ``/run`` or socket is visible;
 * ``--die-with-parent``, ``--new-session``; the sandbox's PID 1 takes every process of
   the sample with it when the harness kills the sandbox, so no daemon survives;
-* rlimits: CPU seconds, address space, file size, processes (0: no fork), open files.
+* rlimits: CPU seconds, address space, file size, processes (0: no fork), open files;
+  set by the harness with ``prlimit`` on the waiting interpreter where the kernel allows
+  (it must still be root, or the harness must hold ``CAP_SYS_RESOURCE``), else by the
+  child itself, in both cases before any candidate code runs. No seccomp filter.
 
 Without bwrap, ``unshare`` gives the namespaces (no file-system view, host work dir),
 and with neither the sample only has the uid drop (when root) and the rlimits; the
@@ -39,12 +43,16 @@ sanitized; candidate output is kept only in :class:`SandboxResult`, never in res
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
+import importlib.util
 import json
+import marshal
 import math
 import os
 import queue
+import resource
 import secrets
 import selectors
 import shutil
@@ -161,6 +169,36 @@ def _python_roots(python: str) -> list[str]:
 
 
 @functools.cache
+def _script_dir(python: str) -> str:
+    """A private, world-readable copy of the three sandbox scripts, each also compiled
+    to a ``.pyc`` when ``python`` is this interpreter (a sandbox then runs bytecode and
+    skips compiling the scripts: several ms of CPU per sample). Removed at exit."""
+    folder = tempfile.mkdtemp(prefix="pythoncoder-scripts-")
+    atexit.register(shutil.rmtree, folder, True)
+    os.chmod(folder, 0o755)
+    compiled = os.path.realpath(python) == os.path.realpath(sys.executable)
+    for src in (CHILD_SCRIPT, JUDGE_SCRIPT, WIRE_SCRIPT):
+        name = os.path.basename(src)
+        data = Path(src).read_bytes()
+        Path(folder, name).write_bytes(data)
+        if compiled:  # header: magic + 12 bytes that running a .pyc directly ignores
+            code = compile(data, f"{_SBX}/{name}", "exec", dont_inherit=True)
+            Path(folder, name + "c").write_bytes(
+                importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))
+        for written in Path(folder).iterdir():
+            written.chmod(0o644)
+    return folder
+
+
+def _script(python: str, kind: str, name: str) -> str:
+    """Path of script ``name`` as the sandboxed interpreter sees it."""
+    folder = _script_dir(python)
+    if os.path.exists(os.path.join(folder, name + "c")):
+        name += "c"
+    return f"{_SBX}/{name}" if kind == "bwrap" else os.path.join(folder, name)
+
+
+@functools.cache
 def _bwrap_base(python: str, unprivileged: bool) -> tuple[str, ...]:
     args = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
@@ -195,9 +233,9 @@ def _bwrap_base(python: str, unprivileged: bool) -> tuple[str, ...]:
     site |= {str(p) for lib in binds for p in Path(lib).glob("python3*/*-packages")}
     for path in sorted(p for p in site if os.path.isdir(p)):
         args += ["--tmpfs", path]  # empty, root-owned 0755: unwritable for uid 65534
-    # The scripts' directory (this package's eval code: nothing private) as /sbx. One
-    # bind, not three: each --ro-bind makes bwrap re-read the mount table (CPU per sample).
-    args += ["--ro-bind", str(_HERE), _SBX]
+    # The scripts (a copy of this package's, see _script_dir) as /sbx. One bind, not
+    # three: each --ro-bind makes bwrap re-read the mount table (CPU per sample).
+    args += ["--ro-bind", _script_dir(python), _SBX]
     args += ["--proc", "/proc", "--dev", "/dev"]
     return tuple(args)
 
@@ -249,10 +287,24 @@ def isolation(config: SandboxConfig | None = None) -> str:
             "none": "only the uid drop to 65534 when root, the rlimits and the process-group "
                     "kill; the sample sees the host file system and network",
         }[kind]
+        if os.geteuid() == 0 and not _others_can_read(sysconfig.get_paths()["stdlib"]):
+            remains += ("; and the Python installation is not readable by uid 65534 (a 0700 "
+                        "parent such as /root), so samples' imports fail after the uid drop")
         warnings.warn(
             f"pythoncoder eval sandbox: bubblewrap is not usable here (apt-get install "
             f"bubblewrap); isolation is '{kind}': {remains}.", RuntimeWarning, stacklevel=2)
     return kind
+
+
+def _others_can_read(path: str) -> bool:
+    """Whether a process of another uid can reach and list ``path`` (mode bits only)."""
+    p = Path(path).resolve()
+    try:
+        if not all(q.stat().st_mode & 0o001 for q in p.parents):
+            return False
+        return p.stat().st_mode & 0o005 == 0o005
+    except OSError:
+        return False
 
 
 def network_namespace_prefix() -> tuple[str, ...]:
@@ -278,14 +330,14 @@ class _Candidate:
         j2c_r, j2c_w = os.pipe()
         self.out_r, self.in_w = c2j_r, j2c_w
         if kind == "bwrap":
-            script, workdir = f"{_SBX}/_sandbox_child.py", _WORK
+            workdir = _WORK
             prefix = [*_bwrap_base(config.python, os.geteuid() != 0), "--perms", "1777",
                       "--size", str(config.work_bytes), "--tmpfs", _WORK, "--chdir", _WORK]
         else:
             self.workdir = workdir = tempfile.mkdtemp(prefix="pythoncoder-sbx-")
             os.chmod(workdir, 0o777)
-            script = CHILD_SCRIPT
             prefix = _unshare_prefix() if kind == "unshare" else []
+        script = _script(config.python, kind, "_sandbox_child.py")
         uid = SANDBOX_UID if os.geteuid() == 0 else -1
         cmd = [*prefix, config.python, "-I", "-S", "-B", script, str(c2j_w), str(j2c_r),
                str(uid), str(SANDBOX_GID), workdir, *_limits(config)]
@@ -346,10 +398,9 @@ class _Judge:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if kind == "bwrap":
             prefix = [*_bwrap_base(config.python, os.geteuid() != 0), "--chdir", "/"]
-            script = f"{_SBX}/_judge.py"
         else:
             prefix = _unshare_prefix() if kind == "unshare" else []
-            script = JUDGE_SCRIPT
+        script = _script(config.python, kind, "_judge.py")
         uid = SANDBOX_UID if os.geteuid() == 0 else -1
         cmd = [*prefix, config.python, "-I", "-S", "-B", script, str(theirs.fileno()),
                str(uid), str(SANDBOX_GID), str(config.memory_bytes)]
@@ -454,7 +505,8 @@ class _Slot:
             else:
                 os.close(cand.in_w)
                 cand.in_w = None
-            payload = (f"{mode} {nonce}\n{source}").encode("utf-8", "surrogatepass")
+            limited = int(_prlimit(cand, config))
+            payload = f"{mode} {nonce} {limited}\n{source}".encode("utf-8", "surrogatepass")
             outcome = _supervise(cand, payload, control, config, start)
         except BaseException:
             cand.kill()
@@ -482,6 +534,47 @@ class _Slot:
             stdout=out.text(), stderr=err.text(), stdout_truncated=out.dropped > 0,
             stderr_truncated=err.dropped > 0, duration_s=time.monotonic() - start,
             pid=cand.proc.pid, verdict=JUDGE if judge_spec is not None else IN_SANDBOX)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _prlimit(cand: _Candidate, config: SandboxConfig) -> bool:
+    """Lower the rlimits of the waiting candidate interpreter from here (``prlimit``), so
+    it need not load ``resource`` itself. False (the child then does it) if it cannot be
+    found yet (still starting) or the kernel refuses."""
+    pid = cand.proc.pid
+    for _ in range(3):  # bwrap -> the sandbox's init -> the interpreter (fewer outside)
+        kids = _children(pid)
+        if len(kids) != 1:
+            break
+        pid = kids[0]
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    # Only the interpreter itself (bwrap's own argv names the script too): else the
+    # limits would land on bwrap, and the child, told they are set, would skip them.
+    if argv[0] != os.fsencode(config.python) or len(argv) < 5 \
+            or not argv[4].rstrip(b"c").endswith(b"_sandbox_child.py") or _children(pid):
+        return False
+    cpu = config.cpu_seconds
+    try:
+        for limit, value in (
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_CORE, (0, 0)),
+            (resource.RLIMIT_AS, (config.memory_bytes,) * 2),
+            (resource.RLIMIT_FSIZE, (config.file_size_bytes,) * 2),
+            (resource.RLIMIT_NPROC, (config.max_processes,) * 2),
+            (resource.RLIMIT_NOFILE, (config.max_open_files,) * 2),
+        ):
+            resource.prlimit(pid, limit, value)
+    except OSError:
+        return False
+    return True
 
 
 def _judge_verdict(reply: bytes | None) -> tuple[str, str]:

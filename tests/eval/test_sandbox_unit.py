@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import glob
 import os
+import resource
 import sys
 import tempfile
 import textwrap
+import time
 import warnings
 
 import pytest
@@ -91,7 +93,8 @@ def test_clean_environment_and_private_workdir():
 
 @pytest.mark.parametrize(("escape", "error"), [
     ("import os; os.fork()", "BlockingIOError"),  # RLIMIT_NPROC 0 for uid 65534
-    ("import os; os.kill(1, 9)", "PermissionError"),  # PID 1 is the sandbox's root init
+    pytest.param("import os; os.kill(1, 9)", "PermissionError",  # the sandbox's root init
+                 marks=pytest.mark.skipif(os.geteuid() != 0, reason="init is ours without root")),
     ("import os; os.mkdir('/usr/lib/pythoncoder-escape')", "OSError"),  # read-only
     ("import os; open(os.__file__, 'a')", "OSError"),  # the stdlib is read-only
     ("import resource; resource.setrlimit(resource.RLIMIT_CPU, (100, 100))", "ValueError"),
@@ -214,3 +217,35 @@ def test_warns_once_without_bwrap(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sandbox.isolation() == "unshare"  # no second warning
+
+
+def test_limits_hold_whether_the_harness_or_the_child_sets_them():
+    # Pre-started sandboxes get their rlimits from the harness (prlimit) when their
+    # interpreter is up in time, else the child sets them: every sample sees the same.
+    config = SandboxConfig(timeout_s=2.0, memory_bytes=768 * 1024**2)
+    probe = ("import resource as r\nprint([r.getrlimit(x) for x in (r.RLIMIT_CPU, r.RLIMIT_AS, "
+             "r.RLIMIT_FSIZE, r.RLIMIT_NPROC, r.RLIMIT_NOFILE, r.RLIMIT_CORE)])")
+    expected = str([(3, 4), (768 * 1024**2,) * 2, (config.file_size_bytes,) * 2, (0, 0),
+                    (64, 64), (0, 0)])
+    results = run_programs([probe] * 6, config, workers=1)
+    assert [r.stdout.strip() for r in results] == [expected] * 6
+
+
+def test_prlimit_targets_only_the_interpreter():
+    # Never bwrap (its argv names the script too): the child, told the limits are set,
+    # would skip them while its interpreter ran unlimited.
+    config = SandboxConfig()
+    cand = sandbox._Candidate(config, isolation(config))
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # from the first instant: bwrap still starting
+            sandbox._prlimit(cand, config)
+        pids, pid = [cand.proc.pid], cand.proc.pid
+        while kids := sandbox._children(pid):
+            pid = kids[0]
+            pids.append(pid)
+        assert len(pids) >= 2
+        for p in pids[:-1]:  # bwrap (and its init): untouched
+            assert resource.prlimit(p, resource.RLIMIT_NPROC)[0] != 0
+    finally:
+        cand.kill()
