@@ -380,19 +380,27 @@ def test_sigint_then_corrupt_latest_then_resume(tmp_path, data_dir):
 
 
 # ---------------------------------------------------------------- RUN-06
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
+def _tmpfs(where: Path, size: str):
+    where.mkdir()
     try:
-        out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"cannot mount a tmpfs here ({e})")
     if out.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    yield from _tmpfs(tmp_path / "tmpfs", "1200k")
+
+
+@pytest.fixture
+def run_tmpfs(tmp_path):
+    yield from _tmpfs(tmp_path / "runfs", "200m")
 
 
 @pytest.mark.req("RUN-06")
@@ -565,4 +573,27 @@ def test_what_a_kill_leaves_is_cleaned_and_the_step_saved_again(tmp_path):
     ckpt.save(3, tiny_state(3.0, 3), {"global_step": 3})  # the step is redone and saved
     assert ckpt.finish() == 3
     ckpt.verify(3)
+    ckpt.close()
+
+
+@pytest.mark.slow  # one short training run
+@pytest.mark.req("RUN-06")
+def test_disk_full_in_the_trainer_stops_with_one_line_and_no_metric(run_tmpfs, data_dir):
+    """Tens of MB a checkpoint (parameters and AdamW state) on a 200 MB tmpfs: a few saves
+    fit, then one fails; the run stops naming it, logging no metric for it."""
+    import re
+
+    mcfg, tcfg = micro_cfgs(steps_per_checkpoint=2)
+    run_dir = run_tmpfs / "run"
+    with pytest.raises(CheckpointError) as e:
+        quiet_train(mcfg, tcfg, data_dir, run_dir, total_steps=40)
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left on device" in msg, msg
+    failed = int(re.search(r"saving checkpoint step (\d+)", msg)[1])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val_steps = [r["step"] for r in rows if "val_loss" in r]
+    assert failed not in val_steps and val_steps[-1] == failed - 2  # none for the lost one
+    assert max(r["step"] for r in rows if "loss" in r) <= failed + 2  # stopped at once
+    ckpt = Checkpointer(run_dir, read_only=True)
+    assert ckpt.newest_verified() == failed - 2  # the earlier ones are intact
     ckpt.close()
