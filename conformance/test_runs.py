@@ -380,19 +380,27 @@ def test_sigint_then_corrupt_latest_then_resume(tmp_path, data_dir):
 
 
 # ---------------------------------------------------------------- RUN-06
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
+def _tmpfs(where: Path, size: str):
+    where.mkdir()
     try:
-        out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"cannot mount a tmpfs here ({e})")
     if out.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    yield from _tmpfs(tmp_path / "tmpfs", "1200k")
+
+
+@pytest.fixture
+def run_tmpfs(tmp_path):
+    yield from _tmpfs(tmp_path / "runfs", "200m")
 
 
 @pytest.mark.req("RUN-06")
@@ -463,3 +471,129 @@ def test_sources_are_decoded_by_their_coding_declaration(tmp_path):
     assert decode_source(text.encode("latin-1")) == text
     assert decode_source("\ufeffs = 'caf\u00e9'\n".encode("utf-8")) == "s = 'caf\u00e9'\n"
     assert decode_source(b"s = '\xff'\n") is None  # undeclared and not UTF-8
+
+
+# ---------------------------------------------------------------- RUN-08
+KILL_DRIVER = """
+import sys, json
+from pathlib import Path
+import jax
+from pythoncoder.model import ModelConfig
+from pythoncoder.train.config import TrainConfig
+from pythoncoder.train.loop import train
+from pythoncoder.train.sharding import make_mesh
+
+data, out, total = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+mcfg = ModelConfig(name="test", vocab_size=151_808, hidden_size=32, num_layers=2, head_dim=8,
+                   intermediate_size=64, compute_dtype="float32", remat_policy="none",
+                   attn_block_size=16, loss_chunk_size=64, tpu_aligned=False)
+tcfg = TrainConfig(seq_len=16, micro_batch=4, accum_steps=2, epochs=1, peak_lr=1e-2,
+                   warmup_steps=1, steps_per_checkpoint=1, keep_checkpoints=3, eval_batches=1)
+ckpts = out / "checkpoints"
+resume = ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+train(mcfg, tcfg, data, out, total_steps=total, resume=resume, progress=False,
+      mesh=make_mesh(1, 1, jax.devices()[:1]), log=lambda m: print(m, flush=True))
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.slow  # about six short training processes
+@pytest.mark.req("RUN-08")
+def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
+    import random
+    import time
+
+    from pythoncoder.checkpoint import restore_model
+
+    script = tmp_path / "driver.py"
+    script.write_text(KILL_DRIVER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    total = 10
+
+    def launch(out):
+        return subprocess.Popen([sys.executable, str(script), str(data_dir), str(out),
+                                 str(total)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env)
+
+    full = launch(tmp_path / "full")
+    log, _ = full.communicate(timeout=600)
+    assert full.returncode == 0 and "DONE" in log, log[-3000:]
+
+    rng = random.Random(13)
+    run_dir = tmp_path / "killed"
+    kills = 0
+    for _ in range(4):
+        proc = launch(run_dir)
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:  # wait for training to start
+            if metrics.exists() and '"loss"' in metrics.read_text():
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL: no handler runs
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 2
+    last = launch(run_dir)
+    log, _ = last.communicate(timeout=600)
+    assert last.returncode == 0 and "DONE" in log, log[-3000:]
+
+    ckpt = Checkpointer(run_dir, read_only=True)
+    assert ckpt.latest_step() == total
+    for s in ckpt.all_steps():  # no broken checkpoint left among the steps
+        ckpt.verify(s)
+    ckpt.close()
+    assert not list((run_dir / "checkpoints").glob("*orbax-checkpoint-tmp*"))
+    a, b = restore_model(run_dir), restore_model(tmp_path / "full")
+    from flax import nnx
+
+    for x, y in zip(jax.tree.leaves(nnx.state(a, nnx.Param)),
+                    jax.tree.leaves(nnx.state(b, nnx.Param)), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, total + 1))
+
+
+@pytest.mark.req("RUN-08")
+def test_what_a_kill_leaves_is_cleaned_and_the_step_saved_again(tmp_path):
+    """The states SIGKILL can leave: an Orbax temporary, a finalised step with no manifest."""
+    save_steps(tmp_path, [1, 2, 3])
+    (tmp_path / "checkpoints" / "3" / MANIFEST).unlink()  # killed before the manifest
+    tmp = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234567"  # killed mid-save
+    (tmp / "params").mkdir(parents=True)
+    ckpt = Checkpointer(tmp_path, keep=10)
+    ckpt.remove_partial_saves()
+    logs = []
+    assert ckpt.newest_verified(log=logs.append) == 2
+    assert "checkpoint step 3 is corrupt or partial" in logs[0]
+    ckpt.set_aside([3])
+    assert ckpt.all_steps() == [1, 2] and not tmp.exists()
+    ckpt.save(3, tiny_state(3.0, 3), {"global_step": 3})  # the step is redone and saved
+    assert ckpt.finish() == 3
+    ckpt.verify(3)
+    ckpt.close()
+
+
+@pytest.mark.slow  # one short training run
+@pytest.mark.req("RUN-06")
+def test_disk_full_in_the_trainer_stops_with_one_line_and_no_metric(run_tmpfs, data_dir):
+    """Tens of MB a checkpoint (parameters and AdamW state) on a 200 MB tmpfs: a few saves
+    fit, then one fails; the run stops naming it, logging no metric for it."""
+    import re
+
+    mcfg, tcfg = micro_cfgs(steps_per_checkpoint=2)
+    run_dir = run_tmpfs / "run"
+    with pytest.raises(CheckpointError) as e:
+        quiet_train(mcfg, tcfg, data_dir, run_dir, total_steps=40)
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left on device" in msg, msg
+    failed = int(re.search(r"saving checkpoint step (\d+)", msg)[1])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val_steps = [r["step"] for r in rows if "val_loss" in r]
+    assert failed not in val_steps and val_steps[-1] == failed - 2  # none for the lost one
+    assert max(r["step"] for r in rows if "loss" in r) <= failed + 2  # stopped at once
+    ckpt = Checkpointer(run_dir, read_only=True)
+    assert ckpt.newest_verified() == failed - 2  # the earlier ones are intact
+    ckpt.close()

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -239,6 +240,23 @@ def _one_line(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- the manager
+class _OrbaxSaveErrors(logging.Filter):
+    """Drop Orbax's own error logs (a traceback per failed write thread): a failed save is
+    reported once, as one line, by :class:`Checkpointer`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+_FILTER = _OrbaxSaveErrors()
+
+
+def _quiet_orbax_errors() -> None:
+    logger = logging.getLogger("absl")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+
+
 class Checkpointer:
     """``ocp.CheckpointManager`` with verified steps, clear errors and one pending save.
 
@@ -262,6 +280,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad directory
             raise CheckpointError(f"cannot open {self.directory}: {_one_line(e)}") from None
         self._pending: int | None = None
+        _quiet_orbax_errors()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
