@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import pythoncoder.model.attention as attention_mod
 from pythoncoder.model import ModelConfig, abstract_model, build_model, lambda_init
 from pythoncoder.model.attention import (
+    ATTENTION_KERNELS,
     DiffAttention,
     attention_mask,
     blocked_differential_map,
@@ -22,6 +23,13 @@ from pythoncoder.model.attention import (
 )
 from pythoncoder.model.rope import rope_cos_sin
 from pythoncoder.spec import check_values
+
+# Every registered attention implementation (DIFF-06).  The Pallas kernel runs in interpret
+# mode on CPU, where compiling a whole model around it takes tens of seconds: the
+# model-level checks run it with -m slow; conformance/test_diff_kernel.py covers it by default.
+IMPLS = [pytest.param(name, marks=[pytest.mark.slow] if name == "pallas" else [])
+         for name in sorted(ATTENTION_KERNELS)]
+assert set(ATTENTION_KERNELS) == {"reference", "pallas"}  # a new kernel: add it above
 
 
 # ---------------------------------------------------------------- float64 references
@@ -182,10 +190,11 @@ def test_blocked_equals_unblocked():
 
 
 # ---------------------------------------------------------------- DIFF-04 (module vs reference)
-@pytest.mark.req("DIFF-03", "DIFF-04", "ROPE-01")
+@pytest.mark.req("DIFF-03", "DIFF-04", "ROPE-01", "DIFF-06")
+@pytest.mark.parametrize("impl", sorted(ATTENTION_KERNELS))
 @pytest.mark.parametrize("layer", [0, 5])
-def test_attention_module_matches_float64_reference(make_micro, layer):
-    cfg = make_micro(attn_block_size=4)
+def test_attention_module_matches_float64_reference(make_micro, layer, impl):
+    cfg = make_micro(attn_block_size=4, attention_impl=impl)
     attn = DiffAttention(cfg, rngs=nnx.Rngs(layer + 1))
     rng = np.random.default_rng(layer)
     for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
@@ -229,9 +238,16 @@ def _row_leak(apply, tokens, vocab):
     return float(jnp.max(jnp.abs(apply(tokens)[0] - apply(changed)[0])))
 
 
+@pytest.fixture(scope="module", params=IMPLS)
+def tiny_with_impl(request, tiny_model, tiny_cfg):
+    if request.param == "reference":
+        return tiny_model
+    return build_model(tiny_cfg.replace(attention_impl=request.param), seed=0)
+
+
 @pytest.fixture(scope="module")
-def tiny_apply(tiny_model):
-    gdef, state = nnx.split(tiny_model)
+def tiny_apply(tiny_with_impl):
+    gdef, state = nnx.split(tiny_with_impl)
     fn = jax.jit(lambda s, t: nnx.merge(gdef, s)(t))
     return lambda tokens, s=state: fn(s, tokens)
 
@@ -246,7 +262,7 @@ def test_causality_and_batch_independence_on_tiny(tiny_apply, tiny_cfg):
 
 
 @pytest.mark.req("DIFF-05")
-def test_causality_by_gradient_on_tiny(tiny_model):
+def test_causality_by_gradient_on_tiny(tiny_with_impl):
     """d(logits at t)/d(embedding rows of later tokens and of other rows) is exactly 0.
     Every position holds a distinct token, so an embedding row belongs to one position."""
     B, T, t = 2, 48, 23
@@ -255,7 +271,7 @@ def test_causality_by_gradient_on_tiny(tiny_model):
     def f(m):
         return jnp.sum(m(tokens)[0, t] ** 2)
 
-    grads = nnx.jit(nnx.grad(f))(tiny_model)
+    grads = nnx.jit(nnx.grad(f))(tiny_with_impl)
     g_emb = np.asarray(grads["embed"]["embedding"][...])
     toks = np.asarray(tokens)
     past = np.abs(g_emb[toks[0, : t + 1]]).max()
@@ -265,31 +281,38 @@ def test_causality_by_gradient_on_tiny(tiny_model):
 
 
 @pytest.mark.req("DIFF-05")
-def test_negative_control_data_dependent_lambda_is_caught(micro_cfg, monkeypatch):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_negative_control_data_dependent_lambda_is_caught(micro_cfg, monkeypatch, impl):
     """The leak a public implementation shipped (queries averaged into lambda) must make
     the causality check above fail; otherwise that check could not catch the bug."""
+    micro_cfg = micro_cfg.replace(attention_impl=impl)
     model = build_model(micro_cfg, seed=1)
     tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 16), 0, micro_cfg.vocab_size)
     gdef, state = nnx.split(model)
     honest = jax.jit(lambda s, t: nnx.merge(gdef, s)(t))
     assert _max_leak(lambda x: honest(state, x), tokens, 7, micro_cfg.vocab_size) <= 1e-6
 
-    original = attention_mod.blocked_differential_map
+    def leaky_version(original):
+        def leaky(q, k, v, lam, *args, **kw):
+            lam = jnp.clip(lam + 0.5 * jnp.tanh(jnp.mean(q)), 0.0, 1.0)  # mean over batch+time
+            return original(q, k, v, lam, *args, **kw)
+        return leaky
 
-    def leaky(q, k, v, lam, *args, **kw):
-        lam = jnp.clip(lam + 0.5 * jnp.tanh(jnp.mean(q)), 0.0, 1.0)  # mean over batch+time
-        return original(q, k, v, lam, *args, **kw)
-
-    monkeypatch.setattr(attention_mod, "blocked_differential_map", leaky)
+    if impl == "reference":
+        monkeypatch.setattr(attention_mod, "blocked_differential_map",
+                            leaky_version(attention_mod.blocked_differential_map))
+    else:
+        monkeypatch.setitem(attention_mod.ATTENTION_KERNELS, impl,
+                            leaky_version(attention_mod.ATTENTION_KERNELS[impl]))
     leaky_fn = jax.jit(lambda s, t: nnx.merge(gdef, s)(t))
     # the DIFF-05 check (tolerance 1e-6) flags both leaks by a wide margin
     assert _max_leak(lambda x: leaky_fn(state, x), tokens, 7, micro_cfg.vocab_size) > 1e-5
     assert _row_leak(lambda x: leaky_fn(state, x), tokens, micro_cfg.vocab_size) > 1e-5
 
 
-@pytest.fixture(scope="module")
-def micro_param_apply(make_micro):
-    cfg = make_micro(num_layers=2)
+@pytest.fixture(scope="module", params=IMPLS)
+def micro_param_apply(make_micro, request):
+    cfg = make_micro(num_layers=2, attention_impl=request.param)
     model = build_model(cfg, seed=4)
     gdef, state = nnx.split(model)
     return cfg, state, jax.jit(lambda s, t: nnx.merge(gdef, s)(t))

@@ -46,6 +46,29 @@ def test_dropout_active_when_not_deterministic(model_and_rows):
 
 
 @pytest.mark.req("DROP-01")
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
+def test_dropout_with_backend_prng(make_micro, model_and_rows, impl):
+    """ModelConfig.dropout_rng (issue 11): the cheaper bit generators keep the dropout
+    contract: the caller's key fully determines the mask, two keys give two masks."""
+    _, x, y = model_and_rows
+    model = build_model(make_micro(dropout_rng=impl), seed=2)
+
+    def loss(key, det=False):
+        return float(lm_loss(model, x, y, deterministic=det, dropout_key=key).total)
+
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    assert loss(k1) == loss(k1)
+    assert loss(k1) != loss(k2)
+    assert loss(k1) != loss(k1, det=True)
+    cfg = ModelConfig.preset("tiny")
+    assert cfg.dropout_rng == "auto"
+    assert cfg.resolved_dropout_rng("cpu") == "threefry"
+    assert cfg.resolved_dropout_rng("gpu") == cfg.resolved_dropout_rng("tpu") == "rbg"
+    with pytest.raises(ValueError, match="dropout_rng"):
+        ModelConfig.preset("tiny", dropout_rng="philox")
+
+
+@pytest.mark.req("DROP-01")
 def test_dropout_sits_on_both_branches(make_micro, model_and_rows):
     """p=0 and deterministic give identical outputs; p>0 changes the output even when the
     attention branch alone, or the MLP branch alone, is live (the other zeroed)."""

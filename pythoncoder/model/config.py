@@ -19,6 +19,10 @@ REMAT_POLICIES = ("none", "full", "dots", "names")
 # "auto": the fused Pallas kernel on GPU/TPU, the reference (the definition of correctness)
 # on CPU, where Pallas only interprets.
 ATTENTION_IMPLS = ("auto", "reference", "pallas")
+# PRNG for dropout masks.  JAX's default threefry is costly on GPU (it dominates the mask
+# generation); "rbg" uses the backend's bit generator (as MaxText does).  "auto" = rbg on
+# GPU/TPU and threefry on CPU.  Masks depend on the choice, never on anything else.
+DROPOUT_RNGS = ("auto", "threefry", "rbg", "unsafe_rbg")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TPU_ALIGNMENT = 256
 
@@ -66,6 +70,7 @@ class ModelConfig:
     remat_policy: str = "full"
     attn_block_size: int = 512
     attention_impl: str = "auto"
+    dropout_rng: str = "auto"
     loss_chunk_size: int = 2048
     # ARCH-02: TPU-targeted configs must be 256-aligned; small CPU presets opt out.
     tpu_aligned: bool = True
@@ -115,6 +120,12 @@ class ModelConfig:
             return self.attention_impl
         return "reference" if (backend or target_platform()) == "cpu" else "pallas"
 
+    def resolved_dropout_rng(self, backend: str | None = None) -> str:
+        """The dropout PRNG implementation: ``auto`` is rbg on GPU/TPU, threefry on CPU."""
+        if self.dropout_rng != "auto":
+            return self.dropout_rng
+        return "threefry" if (backend or target_platform()) == "cpu" else "rbg"
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
@@ -155,6 +166,7 @@ class ModelConfig:
              f"must be one of {REMAT_POLICIES}")
         need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
              f"must be one of {ATTENTION_IMPLS}")
+        need(self.dropout_rng in DROPOUT_RNGS, "dropout_rng", f"must be one of {DROPOUT_RNGS}")
         if self.tpu_aligned:
             widths = {
                 "hidden_size": self.hidden_size,

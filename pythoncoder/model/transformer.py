@@ -23,6 +23,18 @@ REMAT_POLICIES: dict[str, Any] = {
 }
 
 
+def dropout_keys(key: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """The dropout key in ``cfg``'s PRNG implementation, derived from the caller's key.
+
+    threefry keeps the key as it is; rbg/unsafe_rbg draw their 4-word key from it, so the
+    masks stay a function of the caller's key (bitwise resume is unaffected)."""
+    impl = cfg.resolved_dropout_rng()
+    if impl == "threefry":
+        return key
+    data = jax.random.bits(key, (4,), jnp.uint32)
+    return jax.random.wrap_key_data(data, impl=impl)
+
+
 class Block(nnx.Module):
     """Pre-norm block: x + drop(attn(norm(x))), then + drop(mlp(norm(.)))."""
 
@@ -131,7 +143,7 @@ class PythonCoder(nnx.Module):
         if not deterministic and dropout_key is None:
             raise ValueError("deterministic=False needs a dropout_key")
         base_key = jax.random.PRNGKey(0) if dropout_key is None else dropout_key
-        layer_keys = jax.random.split(base_key, cfg.num_layers)
+        layer_keys = jax.random.split(dropout_keys(base_key, cfg), cfg.num_layers)
         cos, sin = rope_cos_sin(positions_BT, cfg)
         x = self.embed_tokens(tokens_BT)
         layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
