@@ -17,6 +17,10 @@ drafts are almost never accepted: speculation's worst case), plus an "agreeable"
 model whose MTP head agrees often (``pythoncoder.infer.synthetic``).
 ``PYTHONCODER_BENCH_DECODE_PRESET=tiny|small|1b`` selects another preset;
 ``PYTHONCODER_BENCH_DECODE_NEW`` and ``..._PROMPT`` set the lengths.
+
+Issue 14 adds: the on-device chunked loop against the one-dispatch-per-step host loop
+(both vs the roofline), prefill tokens/s, and (``test_bench_speculative_trained.py``)
+speculation on a trained model.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pythoncoder.infer.engine import Engine
+from pythoncoder.infer.engine import Engine, left_pad
 from pythoncoder.infer.synthetic import agreeable_model
 from pythoncoder.model import ModelConfig, build_model
 from pythoncoder.utils import perf
@@ -125,3 +129,75 @@ def test_decode_tokens_per_second(benchmark, engines, bandwidth, batch, mode):
     print(f"\n[decode] {engine.cfg.name} {mode} B={batch}: {tps:.1f} tok/s, roofline "
           f"{roofline:.1f} tok/s (ratio {tps / roofline:.3f}), bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s, acceptance {benchmark.extra_info['acceptance_rate']}")
+
+
+# ---- issue 14: the on-device loop against the host loop, prefill, a trained model --------
+@pytest.mark.parametrize("batch", [1, 8])
+def test_device_loop_vs_host_loop(benchmark, report, engines, bandwidth, batch):
+    """Plain greedy decode, the compiled chunked loop vs one dispatch per step (same run,
+    same prompts; both as ratios to the bandwidth roofline)."""
+    engine = engines["random"]
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, min(engine.cfg.vocab_size, 151_643), PROMPT).tolist()
+               for _ in range(batch)]
+    best = {}
+    for name, kw in (("host loop", dict(device_loop=False)), ("device loop", {})):
+        def run(kw=kw):
+            return engine.generate(prompts, max_new_tokens=NEW, eos_id=None, **kw)
+
+        run()  # compile
+        best[name] = max(run().stats["decode_tokens_per_second"] for _ in range(3))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    roofline = batch * bandwidth / step_bytes(engine, batch, PROMPT + NEW / 2,
+                                              with_mtp=False)
+    where = f"{engine.cfg.name}, B={batch}"
+    for name, tps in best.items():
+        report(f"decode tokens/s ({name}, {where})", tps, "tokens/s", limit=roofline,
+               limit_name="bandwidth roofline")
+    report(f"device-loop speedup over host loop ({where})", best["device loop"], "tokens/s",
+           limit_from=f"decode tokens/s (host loop, {where})", limit_name="host loop")
+    print(f"\n[decode] {where}: device loop {best['device loop']:.1f}, host loop "
+          f"{best['host loop']:.1f} tok/s; roofline {roofline:.1f}")
+
+
+def matmul_params_per_token(engine: Engine) -> int:
+    """Weights every prompt token multiplies through: the blocks' matrices (not the
+    embedding gather, not the MTP module, not the head: prefill applies it to the last
+    position only)."""
+    total = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(engine.params):
+        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if keys[0] == "blocks" and "kernel" in keys:
+            total += x.size
+    return total
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_prefill_tokens_per_second(benchmark, report, engines, ceilings, batch):
+    """Prefill of ``PROMPT`` tokens per row (logits of the last position only), against
+    the compute roofline 2 x block matmul parameters FLOPs per token at the measured
+    matmul rate (attention and the one head row per prompt left out)."""
+    engine = engines["random"]
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(0, min(engine.cfg.vocab_size, 151_643), PROMPT).tolist()
+               for _ in range(batch)]
+    tokens, pads = left_pad(prompts)
+    cache_len = engine.cache_len_for(PROMPT, NEW, batch, False)
+
+    def run():
+        state, out, _ = engine.prefill(tokens, pads, cache_len=cache_len,
+                                       key=jax.random.PRNGKey(0))
+        return jax.block_until_ready(out.tokens_BK)
+
+    run()
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    tps = batch * PROMPT / min(times)
+    limit = ceilings.matmul_flops / (2 * matmul_params_per_token(engine))
+    report(f"prefill tokens/s ({engine.cfg.name}, B={batch}, {PROMPT}-token prompt)", tps,
+           "tokens/s", limit=limit, limit_name="matmul roofline (2 x block params FLOP/token)")
+    print(f"\n[prefill] {engine.cfg.name} B={batch}: {tps:.0f} tok/s (limit {limit:.0f})")
