@@ -112,3 +112,41 @@ def test_non_finite_parameters_are_not_exported(tiny, tmp_path):
     with pytest.raises(ExportError, match="non-finite"):
         export_weights(bad, cfg, tmp_path, tokenizer=_NoTokenizer())
     assert not (tmp_path / WEIGHTS_FILE).exists()
+
+
+def test_cli_export_then_generate_from_the_weights(tmp_path, capsys):
+    """`pythoncoder export --run` then `generate --weights` = `generate --run`, token for token."""
+    from pythoncoder.checkpoint import Checkpointer, write_run_files
+    from pythoncoder.cli import main
+    from pythoncoder.infer.loading import load_for_inference
+    from pythoncoder.train.step import TrainState
+
+    cfg = ModelConfig.preset("tiny", num_layers=2)
+    model = build_model(cfg, 5)
+    run = tmp_path / "run"
+    write_run_files(run, cfg, {}, {})
+    ckpt = Checkpointer(run, async_save=False)
+    state = TrainState(params=nnx.state(model, nnx.Param), opt_state={},
+                       step=jnp.asarray(7, jnp.int32), skipped=jnp.zeros((), jnp.int32))
+    ckpt.save(7, state, {"global_step": 7})
+    ckpt.finish()
+    ckpt.manager.close()
+
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(run), "--out", str(out), "--dtype", "float32"]) == 0
+    restored, _ = load_for_inference(run)
+    loaded, _ = load_weights(out)
+    assert_allclose(np.asarray(loaded(_tokens())), np.asarray(restored(_tokens())),
+                    rtol=0, atol=0)
+
+    args = ["--prompt", "def fibonacci(n):", "--max-new-tokens", "6", "--json"]
+    capsys.readouterr()
+    assert main(["generate", "--run", str(run), *args]) == 0
+    from_run = json.loads(capsys.readouterr().out)
+    assert main(["generate", "--weights", str(out), *args]) == 0
+    from_weights = json.loads(capsys.readouterr().out)
+    assert from_weights["tokens"] == from_run["tokens"]
+    assert len(from_run["tokens"][0]) == 6
+
+    assert main(["generate", "--weights", str(tmp_path / "nope"), *args]) == 2
+    assert "config.json is missing" in capsys.readouterr().err

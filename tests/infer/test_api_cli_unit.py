@@ -37,7 +37,7 @@ def toy_generator():
 def patched(monkeypatch, toy_generator):
     calls = []
 
-    def fake_load(run_dir, yarn=False, step=None):
+    def fake_load(run_dir, yarn=False, step=None, weights=None):
         calls.append((run_dir, yarn, step))
         return toy_generator
 
