@@ -226,10 +226,21 @@ def _bwd_kv_kernel(q1_ref, q2_ref, k1_ref, k2_ref, v_ref, qseg_ref, kseg_ref, la
 class _Static:
     """Hashable static configuration of one kernel instance."""
 
-    def __init__(self, *, ratio, bq, bk, scale, floor, causal, interpret):
+    def __init__(self, *, ratio, bq, bk, scale, floor, causal, interpret, platform):
         self.ratio, self.bq, self.bk, self.scale = ratio, bq, bk, scale
         self.floor, self.causal, self.interpret = floor, causal, interpret
-        self._key = (ratio, bq, bk, scale, floor, causal, interpret)
+        self.platform = platform
+        self._key = (ratio, bq, bk, scale, floor, causal, interpret, platform)
+
+    @property
+    def compiler_params(self):
+        """Triton on GPU (Pallas would otherwise pick Mosaic GPU, whose whole-block shared
+        memory staging does not fit these key/value blocks); defaults elsewhere."""
+        if self.interpret or self.platform not in ("gpu", "cuda", "rocm"):
+            return None
+        from jax.experimental.pallas import triton as pl_triton
+
+        return pl_triton.CompilerParams(num_warps=8, num_stages=2)
 
     def __hash__(self):
         return hash(self._key)
@@ -274,6 +285,7 @@ def _forward(cfg, q1, q2, k1, k2, v, qseg, kseg, lam):
         out_specs=[_row_spec(cfg, E), _row_spec(cfg, 1), _row_spec(cfg, 1)],
         out_shape=[jax.ShapeDtypeStruct((B, H, T, E), v.dtype), stat, stat],
         interpret=cfg.interpret,
+        compiler_params=cfg.compiler_params,
         name="diff_attention_fwd",
     )(q1, q2, k1, k2, v, qseg, kseg, lam)
 
@@ -294,6 +306,7 @@ def _backward(cfg, q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do):
         out_shape=[jax.ShapeDtypeStruct(q1.shape, q1.dtype),
                    jax.ShapeDtypeStruct(q2.shape, q2.dtype), stat, stat],
         interpret=cfg.interpret,
+        compiler_params=cfg.compiler_params,
         name="diff_attention_bwd_q",
     )(*common)
 
@@ -315,6 +328,7 @@ def _backward(cfg, q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do):
                    jax.ShapeDtypeStruct(k2.shape, k2.dtype),
                    jax.ShapeDtypeStruct(v.shape, v.dtype)],
         interpret=cfg.interpret,
+        compiler_params=cfg.compiler_params,
         name="diff_attention_bwd_kv",
     )(*common, d1, e)
     # d(lambda): A depends on lambda through -lambda P2 under the floor, so
@@ -346,15 +360,16 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 def diff_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTGE: jax.Array, lam: jax.Array,
                    segment_ids_BT: jax.Array | None, *, gqa_ratio: int,
                    block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK,
-                   interpret: bool | None = None, floor: bool = True,
-                   causal: bool = True) -> jax.Array:
+                   interpret: bool | None = None, platform: str | None = None,
+                   floor: bool = True, causal: bool = True) -> jax.Array:
     """Floored differential self-attention, the fused kernel.
 
     ``q_BTHD``: (B, T, 2*heads, D) query sub-heads; ``k_BTKD``: (B, T, 2*groups, D);
     ``v_BTGE``: (B, T, groups, E); ``lam``: scalar; ``segment_ids_BT``: (B, T) or None.
     Returns (B, T, heads, E) in the value dtype, equal to ``differential_map`` with the
-    causal + segment mask of query slots ``0..T-1``.  ``interpret`` defaults to True when
-    tracing for CPU (``target_platform``).
+    causal + segment mask of query slots ``0..T-1``.  ``platform`` (default
+    ``target_platform()``) picks the lowering: ``cpu`` interprets (unless ``interpret`` says
+    otherwise), ``gpu`` lowers through Triton, ``tpu`` through Mosaic.
     ``floor=False`` / ``causal=False`` build the broken variants used as negative controls.
     """
     B, T, H2, D = q_BTHD.shape
@@ -366,14 +381,15 @@ def diff_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTGE: jax.Array, lam:
     if H != G * gqa_ratio or k_BTKD.shape[2] != 2 * G:
         raise ValueError(f"head layout: {H} differential heads, {G} KV groups and "
                          f"gqa_ratio {gqa_ratio} do not match (need heads = groups * ratio)")
+    platform = platform or target_platform()
     if interpret is None:
-        interpret = target_platform() == "cpu"
+        interpret = platform == "cpu"
     # One block size for queries and keys when T is short; pad T to a multiple of both.
     bq = min(block_q, _round_up(T, 8))
     bk = min(block_k, _round_up(T, 8))
     Tp = _round_up(T, math.lcm(bq, bk))
     cfg = _Static(ratio=gqa_ratio, bq=bq, bk=bk, scale=1.0 / math.sqrt(D), floor=floor,
-                  causal=causal, interpret=bool(interpret))
+                  causal=causal, interpret=bool(interpret), platform=platform)
     pad = Tp - T
 
     def heads(x, n):  # (B, T, n*2, W) -> two (B, n, Tp, W)
