@@ -597,3 +597,28 @@ def test_disk_full_in_the_trainer_stops_with_one_line_and_no_metric(run_tmpfs, d
     ckpt = Checkpointer(run_dir, read_only=True)
     assert ckpt.newest_verified() == failed - 2  # the earlier ones are intact
     ckpt.close()
+
+
+@pytest.mark.req("RUN-06")
+def test_a_failed_background_save_is_one_line_without_tmpfs(tmp_path, monkeypatch):
+    """Where no tmpfs can be mounted: Orbax's background failure, as it arrives."""
+    ckpt = Checkpointer(tmp_path, keep=5)
+    ckpt.save(1, tiny_state(1.0, 1), {"global_step": 1})
+    assert ckpt.finish() == 1
+    ckpt.save(2, tiny_state(2.0, 2), {"global_step": 2})
+
+    def fail():
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database\n'
+                         "Failed to write 262144 bytes: No space left on device [os_error 28]")
+
+    monkeypatch.setattr(ckpt.manager, "wait_until_finished", fail)
+    with pytest.raises(CheckpointError) as e:
+        ckpt.finish()
+    assert str(e.value).count("\n") == 0 and "step 2" in str(e.value)
+    assert "No space left on device" in str(e.value)
+    monkeypatch.undo()
+    ckpt.manager.wait_until_finished()
+    ckpt.manager.close()
+    ckpt = Checkpointer(tmp_path, read_only=True)
+    assert ckpt.newest_verified() == 1  # step 2 never got its manifest
+    ckpt.close()

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 from typing import Any
 
 STATUSES = ("implemented", "planned")
 REQUIRED_FIELDS = ("id", "title", "text", "source", "status", "issue")
-DEFAULT_SPEC_DIR = Path(__file__).resolve().parent.parent / "spec"
+
+
+def find_spec_dir() -> Path:
+    """``spec/``: ``$PYTHONCODER_SPEC_DIR``, else beside the package (a source checkout or
+    an editable install), else ``<prefix>/share/pythoncoder/spec`` (a wheel install: the
+    TOML files ship as data files)."""
+    env = os.environ.get("PYTHONCODER_SPEC_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parent.parent / "spec",
+                   Path(sys.prefix) / "share" / "pythoncoder" / "spec",
+                   Path(sysconfig.get_path("data")) / "share" / "pythoncoder" / "spec"]
+    for c in candidates:
+        if any(c.glob("*.toml")):
+            return c
+    return candidates[0]
+
+
+DEFAULT_SPEC_DIR = find_spec_dir()
 
 
 class SpecError(ValueError):

@@ -69,6 +69,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="device mesh, e.g. 2x4 (default: all devices on fsdp)")
     p.add_argument("--compute-dtype", default=None, choices=["auto", "float32", "bfloat16"])
     p.add_argument("--remat", default=None, choices=["none", "full", "dots", "names"])
+    p.add_argument("--peak-tflops", type=positive_float, default=None,
+                   help="per-device peak TFLOP/s for the logged MFU (default: the datasheet "
+                        "bf16 peak of known TPUs/GPUs; none on CPU)")
     p.add_argument("--no-progress", action="store_true")
     for name in TRAIN_OVERRIDES:
         p.add_argument("--" + name.replace("_", "-"), dest=name,
@@ -157,7 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
         mesh = make_mesh(*args.mesh)
     try:
         summary = train(model_cfg, train_cfg, data, args.out, total_steps=total_steps,
-                        resume=args.resume, mesh=mesh, progress=not args.no_progress)
+                        resume=args.resume, mesh=mesh, progress=not args.no_progress,
+                        peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None)
     except (CheckpointError, NonFiniteError, TrainConfigError, ShardError) as e:
         print(f"pythoncoder train: error: {e}", file=sys.stderr)
         return EXIT_FAILED

@@ -45,7 +45,7 @@ from pythoncoder.train.sharding import (
     state_shardings,
 )
 from pythoncoder.train.step import init_train_state, make_eval_step, make_train_step
-from pythoncoder.utils.perf import measure_matmul_flops, train_flops_per_token
+from pythoncoder.utils.perf import nominal_peak_flops, train_flops_per_token
 
 
 class NonFiniteError(RuntimeError):
@@ -176,9 +176,11 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
           run_dir: str | Path, *, total_steps: int | None = None, resume: bool = False,
           mesh=None, progress: bool = True, stop_after: int | None = None,
-          log=print) -> dict[str, Any]:
+          log=print, peak_flops: float | None = None) -> dict[str, Any]:
     """Train and return a summary. ``stop_after`` ends the process early (for resume
-    tests) exactly as a preemption would, after saving a checkpoint.
+    tests) exactly as a preemption would, after saving a checkpoint.  ``peak_flops``
+    (per device) sets the MFU denominator; default: the datasheet peak of known
+    accelerators, else MFU is not reported.
 
     The run directory is locked for the whole run (``RunLockError`` if another live
     process holds it)."""
@@ -187,14 +189,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     try:
         return _train(model_cfg, train_cfg, data_dir, run_dir, total_steps=total_steps,
                       resume=resume, mesh=mesh, progress=progress, stop_after=stop_after,
-                      log=log)
+                      log=log, peak_flops=peak_flops)
     finally:
         lock.release()
 
 
 def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
            run_dir: Path, *, total_steps: int | None, resume: bool, mesh, progress: bool,
-           stop_after: int | None, log) -> dict[str, Any]:
+           stop_after: int | None, log, peak_flops: float | None) -> dict[str, Any]:
     from pythoncoder.data.loader import make_loader
     from pythoncoder.data.shards import ShardError
 
@@ -272,16 +274,16 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         log(f"no validation split ({e}); validation loss disabled")
 
     flops_per_token = train_flops_per_token(model_cfg, train_cfg.seq_len)
-    peak = measure_matmul_flops(model_cfg.dtype(), min_time=0.5) * mesh.devices.size
+    per_device = peak_flops or nominal_peak_flops(mesh.devices.flat[0])
+    peak = per_device * mesh.devices.size if per_device else None
     base_key = jax.random.PRNGKey(train_cfg.seed)
     metrics_path = run_dir / "metrics.jsonl"
     start = int(meta.get("global_step", 0))
-    consecutive_bad, skipped_total = 0, int(meta.get("skipped", 0))
+    skipped_total = int(meta.get("skipped", 0))
     history: dict[str, list] = {"loss": [], "val_loss": []}
     bar = tqdm(total=plan.total_steps, initial=start, disable=not progress, unit="step",
                dynamic_ncols=True)
     tb = _tensorboard(run_dir)
-    last_time, last_step = time.perf_counter(), start
 
     pending_val: dict[int, float | None] = {}
 
@@ -315,6 +317,47 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         first_val = evaluate(eval_fn, state.params, val_loader, train_cfg.eval_batches)
         _append(metrics_path, {"step": 0, "val_loss": first_val})
         history["val_loss"].append((0, first_val))
+    counters = {"bad": 0, "applied": int(state.step), "last_time": time.perf_counter(),
+                "last_step": start}
+    pending = None
+
+    def record_step(done: int, m: dict, data_epoch: int) -> None:
+        """Host side of one step: non-finite policy, LR, JSONL/TensorBoard/progress bar."""
+        nonlocal skipped_total
+        loss, finite = float(m["loss"]), bool(m["finite"])
+        lr = float(schedule(counters["applied"]))  # the LR this step's update used
+        if not finite:
+            counters["bad"] += 1
+            skipped_total += 1
+            log(f"step {done}: non-finite loss/grad norm (loss={loss}); update skipped "
+                f"({counters['bad']} in a row)")
+            if counters["bad"] >= train_cfg.max_consecutive_nonfinite:
+                raise NonFiniteError(
+                    f"{counters['bad']} consecutive non-finite steps ending at step "
+                    f"{done}; stopping. The last good checkpoint in {ckpt.directory} "
+                    f"(step {ckpt.latest_step()}) is intact.")
+        else:
+            counters["bad"] = 0
+            counters["applied"] += 1
+        history["loss"].append((done, loss))
+        if done % train_cfg.log_every == 0 or done == plan.total_steps:
+            now = time.perf_counter()
+            tps = (done - counters["last_step"]) * train_cfg.tokens_per_step / max(
+                now - counters["last_time"], 1e-9)
+            mfu = tps * flops_per_token / peak if peak else None
+            counters["last_time"], counters["last_step"] = now, done
+            record = {"step": done, "loss": loss, "lr": lr,
+                      "grad_norm": float(m["grad_norm"]), "tokens_per_s": tps, "mfu": mfu,
+                      "data_epoch": data_epoch, "skipped": skipped_total}
+            _append(metrics_path, record)
+            if tb:
+                for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+                    if record[k] is not None:
+                        tb.add_scalar(f"train/{k}", record[k], done)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
+                            mfu="n/a" if mfu is None else f"{mfu:.1%}")
+        bar.update(1)
+
     failed = True
     with _Sigterm() as sigterm:
         try:
@@ -324,42 +367,18 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
                 key = jax.random.fold_in(base_key, global_step)
                 state, m = step_fn(state, batch, key)
                 done = global_step + 1
-                loss, finite = float(m["loss"]), bool(m["finite"])
-                if not finite:
-                    consecutive_bad += 1
-                    skipped_total += 1
-                    log(f"step {done}: non-finite loss/grad norm (loss={loss}); update skipped "
-                        f"({consecutive_bad} in a row)")
-                    if consecutive_bad >= train_cfg.max_consecutive_nonfinite:
-                        raise NonFiniteError(
-                            f"{consecutive_bad} consecutive non-finite steps ending at step "
-                            f"{done}; stopping. The last good checkpoint in {ckpt.directory} "
-                            f"(step {ckpt.latest_step()}) is intact.")
-                else:
-                    consecutive_bad = 0
-                lr = float(schedule(int(state.step) - 1 if finite else int(state.step)))
-                history["loss"].append((done, loss))
-                if done % train_cfg.log_every == 0 or done == plan.total_steps:
-                    now = time.perf_counter()
-                    tps = (done - last_step) * train_cfg.tokens_per_step / max(now - last_time,
-                                                                               1e-9)
-                    mfu = tps * flops_per_token / peak
-                    last_time, last_step = now, done
-                    record = {"step": done, "loss": loss, "lr": lr,
-                              "grad_norm": float(m["grad_norm"]), "tokens_per_s": tps,
-                              "mfu": mfu, "data_epoch": loader.data_epoch,
-                              "skipped": skipped_total}
-                    _append(metrics_path, record)
-                    if tb:
-                        for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
-                            tb.add_scalar(f"train/{k}", record[k], done)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
-                                    mfu=f"{mfu:.1%}")
-                bar.update(1)
+                # Step n-1's metrics are read only now, after step n is on its way: the
+                # host never waits on the device between steps.
+                if pending is not None:
+                    record_step(*pending)
+                pending = (done, m, loader.data_epoch)
                 at_ckpt = done % train_cfg.steps_per_checkpoint == 0 or done == plan.total_steps
                 stopping = sigterm.received is not None or (stop_after is not None
                                                              and done >= stop_after)
-                if (at_ckpt or stopping) and consecutive_bad:
+                if at_ckpt or stopping:  # the non-finite policy needs this step's flag
+                    record_step(*pending)
+                    pending = None
+                if (at_ckpt or stopping) and counters["bad"]:
                     log(f"step {done}: checkpoint deferred during a non-finite streak; the "
                         f"last good one (step {ckpt.latest_step()}) stays")
                 elif at_ckpt or stopping:
@@ -369,6 +388,8 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
                     log(f"stopping at step {done} ({sigterm.received or 'stop'}); checkpoint "
                         f"saved in {ckpt.directory}")
                     break
+            if pending is not None:
+                record_step(*pending)
             saved(ckpt.finish())
             failed = False
         finally:

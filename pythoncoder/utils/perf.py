@@ -26,6 +26,24 @@ def _time(fn, *args, min_time: float = 0.3, max_iters: int = 200) -> float:
             return best
 
 
+# Nominal dense bf16 peak per chip (TFLOP/s, vendor datasheets), by device_kind prefix;
+# MFU in the training log uses --peak-tflops, else this table, else none (never a matmul
+# timed at every start; `nox -s benchmarks` measures the achievable rate).
+NOMINAL_PEAK_TFLOPS = {
+    "TPU v6": 918.0, "TPU v5p": 459.0, "TPU v5": 197.0, "TPU v4": 275.0,
+    "NVIDIA H200": 989.0, "NVIDIA H100": 989.0, "NVIDIA A100": 312.0,
+}
+
+
+def nominal_peak_flops(device=None) -> float | None:
+    """The datasheet bf16 peak (FLOP/s) of ``device`` (default: the first), or ``None``."""
+    kind = (device or jax.devices()[0]).device_kind
+    for prefix, tflops in NOMINAL_PEAK_TFLOPS.items():
+        if kind.startswith(prefix):
+            return tflops * 1e12
+    return None
+
+
 def measure_matmul_flops(dtype=None, n: int | None = None, min_time: float = 0.3) -> float:
     """Dense square-matmul rate (FLOP/s) in ``dtype`` on the default device."""
     dtype = dtype or (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)

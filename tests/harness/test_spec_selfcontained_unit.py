@@ -24,3 +24,19 @@ def test_no_link_leaves_the_repository():
         assert "../shared" not in text, doc
         for target in re.findall(r"\]\(([^)#:]+)\)", text):  # relative markdown links
             assert (doc.parent / target).resolve().exists(), f"{doc}: broken link {target}"
+
+
+def test_spec_dir_is_found_outside_a_checkout(tmp_path, monkeypatch):
+    """A wheel install ships spec/ as data files; PYTHONCODER_SPEC_DIR overrides."""
+    import pythoncoder.spec as spec
+
+    (tmp_path / "x.toml").write_text("")
+    monkeypatch.setenv("PYTHONCODER_SPEC_DIR", str(tmp_path))
+    assert spec.find_spec_dir() == tmp_path
+    monkeypatch.delenv("PYTHONCODER_SPEC_DIR")
+    monkeypatch.setattr(spec, "__file__", str(tmp_path / "site" / "pythoncoder" / "spec.py"))
+    share = tmp_path / "prefix" / "share" / "pythoncoder" / "spec"
+    share.mkdir(parents=True)
+    (share / "a.toml").write_text("")
+    monkeypatch.setattr(spec.sys, "prefix", str(tmp_path / "prefix"))
+    assert spec.find_spec_dir() == share

@@ -86,3 +86,13 @@ def test_memory_cli_json_is_consistent():
         + r["temp_bytes"]
     assert r["argument_bytes"] >= r["train_state_bytes"] > 0
     np.testing.assert_allclose(r["total_gib"], r["total_bytes"] / 2**30, rtol=1e-12, atol=0)
+
+
+def test_mfu_peak_comes_from_a_table_not_a_timed_matmul():
+    from types import SimpleNamespace
+
+    from pythoncoder.utils.perf import nominal_peak_flops
+
+    assert nominal_peak_flops(SimpleNamespace(device_kind="TPU v6 lite")) == 918e12
+    assert nominal_peak_flops(SimpleNamespace(device_kind="NVIDIA H200")) == 989e12
+    assert nominal_peak_flops(SimpleNamespace(device_kind="cpu")) is None
