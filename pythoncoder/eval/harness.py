@@ -12,13 +12,37 @@ from typing import Any
 from pythoncoder.eval.passk import DEFAULT_KS, pass_at_ks
 from pythoncoder.eval.sandbox import Job, SandboxConfig, run_programs
 
+MAX_JSONL_LINE_CHARS = 16 * 1024 * 1024
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``.jsonl`` or ``.jsonl.gz`` file (blank lines skipped)."""
+
+def read_jsonl(path: str | Path, *, max_line_chars: int = MAX_JSONL_LINE_CHARS
+               ) -> list[dict[str, Any]]:
+    """Rows of a ``.jsonl`` or ``.jsonl.gz`` file (blank lines skipped).
+
+    Raises ``ValueError`` naming the file and 1-based line number for a line that is not
+    JSON, not a JSON object, or longer than ``max_line_chars`` (read without holding more
+    than that limit of it).
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
     with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(iter(lambda: f.readline(max_line_chars + 1), ""),
+                                      start=1):
+            if len(line) > max_line_chars:
+                raise ValueError(f"{path} line {number}: longer than {max_line_chars:,} "
+                                 "characters")
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path} line {number}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {number}: expected a JSON object, got "
+                                 f"{type(row).__name__}")
+            rows.append(row)
+    return rows
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -38,7 +38,14 @@ def data_path() -> Path:
 
 def load_problems(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """``{task_id: problem}`` with ``prompt``, ``entry_point``, ``canonical_solution``, ``test``."""
-    return {p["task_id"]: p for p in read_jsonl(path or data_path())}
+    path = path or data_path()
+    problems = {}
+    for i, row in enumerate(read_jsonl(path)):
+        missing = [f for f in ("task_id", "prompt", "entry_point", "test") if f not in row]
+        if missing:
+            raise ValueError(f"{path}: problem {i} lacks {missing}")
+        problems[row["task_id"]] = row
+    return problems
 
 
 def program(problem: Mapping[str, Any], completion: str) -> str:

@@ -73,3 +73,25 @@ def test_cli_rejects_malformed_samples(tmp_path, capsys):
     path.write_text(json.dumps({"task_id": "Nope/1", "completion": ""}) + "\n")
     assert main(["eval", "humaneval", "--samples", str(path), "--no-progress"]) == 2
     assert "unknown HumanEval task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body, message", [
+    ('{"task_id": "a", "completion": ""}\n\n[1, 2]\n', "line 3: expected a JSON object, got list"),
+    ('{"task_id": "a", "completion": ""}\n{"task_id": \n', "line 2: not valid JSON"),
+    ('{"task_id": "a", "completion": "' + "x" * 200 + '"}\n', "line 1: longer than 100"),
+])
+def test_bad_jsonl_rows_are_named_by_line(tmp_path, body, message):
+    path = tmp_path / "s.jsonl"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=message):
+        read_jsonl(path, max_line_chars=100)
+
+
+def test_cli_bad_samples_row_is_one_line_exit_2(tmp_path, capsys):
+    from pythoncoder.cli import main
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n"oops"\n')
+    assert main(["eval", "humaneval", "--samples", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 2: expected a JSON object, got str" in err[0]

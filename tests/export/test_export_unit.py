@@ -150,3 +150,14 @@ def test_cli_export_then_generate_from_the_weights(tmp_path, capsys):
 
     assert main(["generate", "--weights", str(tmp_path / "nope"), *args]) == 2
     assert "config.json is missing" in capsys.readouterr().err
+
+    # a bit-flipped checkpoint is refused, not exported
+    files = [p for p in (run / "checkpoints" / "7").rglob("*") if p.is_file()
+             and p.name != "manifest.sha256.json"]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "sha256" in err and not (tmp_path / "bad" / WEIGHTS_FILE).exists()
