@@ -8,13 +8,13 @@ depend on where the corpus sits on disk or in which order sources are given.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+
+from pythoncoder.utils.jsonl import iter_objects
 
 # A record's own path names it when present (The Stack style datasets).
 PATH_FIELDS = ("path", "max_stars_repo_path", "filepath", "file_path")
@@ -57,21 +57,11 @@ def _record_key(record: dict, fallback: str) -> str:
 
 
 def _iter_jsonl(path: Path) -> Iterator[Document]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object with a "
-                                 f"{CONTENT_FIELD!r} field, got {type(record).__name__}")
-            content = record.get(CONTENT_FIELD)
-            if isinstance(content, str):
-                yield _record_key(record, f"{path.name}:{lineno}"), content
+    expected = f"a JSON object with a {CONTENT_FIELD!r} field"
+    for lineno, record in iter_objects(path, expected=expected):
+        content = record.get(CONTENT_FIELD)
+        if isinstance(content, str):
+            yield _record_key(record, f"{path.name}:{lineno}"), content
 
 
 def _iter_parquet(path: Path) -> Iterator[Document]:

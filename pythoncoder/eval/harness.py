@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -11,38 +10,16 @@ from typing import Any
 
 from pythoncoder.eval.passk import DEFAULT_KS, pass_at_ks
 from pythoncoder.eval.sandbox import Job, SandboxConfig, run_programs
+from pythoncoder.utils.jsonl import iter_objects
 
 MAX_JSONL_LINE_CHARS = 16 * 1024 * 1024
 
 
 def read_jsonl(path: str | Path, *, max_line_chars: int = MAX_JSONL_LINE_CHARS
                ) -> list[dict[str, Any]]:
-    """Rows of a ``.jsonl`` or ``.jsonl.gz`` file (blank lines skipped).
-
-    Raises ``ValueError`` naming the file and 1-based line number for a line that is not
-    JSON, not a JSON object, or longer than ``max_line_chars`` (read without holding more
-    than that limit of it).
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(iter(lambda: f.readline(max_line_chars + 1), ""),
-                                      start=1):
-            if len(line) > max_line_chars:
-                raise ValueError(f"{path} line {number}: longer than {max_line_chars:,} "
-                                 "characters")
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path} line {number}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object, got "
-                                 f"{type(row).__name__}")
-            rows.append(row)
-    return rows
+    """Rows of a ``.jsonl`` or ``.jsonl.gz`` file (blank lines skipped); a line that is not
+    a JSON object, or longer than ``max_line_chars``, is a ``ValueError`` naming its line."""
+    return [row for _, row in iter_objects(path, max_line_chars=max_line_chars)]
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
