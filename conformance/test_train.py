@@ -411,6 +411,16 @@ def test_resume_after_sigterm_is_exact(data_dir, tmp_path):
     total = 6
     full = run(mcfg, tcfg, data_dir, tmp_path / "full", total_steps=total)
     assert len(full["losses"]) == total
+    # each logged LR is the schedule's value for the update that step applied
+    import json
+
+    plan = json.loads((tmp_path / "full" / "run.json").read_text())["plan"]
+    _, schedule = make_optimizer(tcfg, plan["total_steps"], plan["warmup_steps"])
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text()
+            .splitlines() if '"lr"' in line]
+    assert [r["step"] for r in rows] == list(range(1, total + 1))
+    np.testing.assert_allclose([r["lr"] for r in rows],
+                               [float(schedule(r["step"] - 1)) for r in rows], rtol=1e-6, atol=0)
     part_dir = tmp_path / "part"
     _sigterm_after(part_dir, 2)
     part = run(mcfg, tcfg, data_dir, part_dir, total_steps=total)

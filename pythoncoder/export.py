@@ -197,7 +197,10 @@ def configure_export(p) -> None:
 
     p.add_argument("--run", type=_Path, required=True, metavar="RUN_DIR",
                    help="training run directory")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    from pythoncoder.utils.argtypes import nonnegative_int
+
+    p.add_argument("--step", type=nonnegative_int, default=None,
+                   help="checkpoint step (default: latest)")
     p.add_argument("--out", type=_Path, required=True, metavar="DIR",
                    help="export directory (model.safetensors, config.json, tokenizer.json)")
     p.add_argument("--dtype", choices=DTYPES, default="bfloat16",

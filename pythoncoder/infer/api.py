@@ -64,17 +64,22 @@ def load_generator(run_dir: str | None, yarn: bool = False,
         base = load_generator(run_dir, False, step, weights)
         model = nnx.merge(base.engine.graphdef, base.engine.params)
         return TextGenerator(Engine(with_config(model, model.cfg.with_yarn())), base.tokenizer)
+    from pythoncoder.data.tokenizer import load_tokenizer
+
     if weights is not None:
         from pathlib import Path
 
-        from tokenizers import Tokenizer
+        from pythoncoder.export import TOKENIZER_FILE, ExportError, load_weights
 
-        from pythoncoder.export import TOKENIZER_FILE, load_weights
-
+        if step is not None:
+            raise ExportError("--step applies to a run (--run), not to exported weights")
         model, _ = load_weights(weights)
-        return TextGenerator(Engine(model), Tokenizer.from_file(str(Path(weights)
-                                                                     / TOKENIZER_FILE)))
-    from pythoncoder.data.tokenizer import load_tokenizer
+        tok_path = Path(weights) / TOKENIZER_FILE
+        try:
+            tokenizer = load_tokenizer(tok_path)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
+            raise ExportError(f"{tok_path} is not a usable tokenizer: {e}") from None
+        return TextGenerator(Engine(model), tokenizer)
 
     model, _ = load_for_inference(run_dir, step=step)
     return TextGenerator(Engine(model), load_tokenizer())

@@ -4,7 +4,8 @@ With a preallocated cache of ``S`` slots and new tokens written at ``index .. in
 no query may see a slot at or past ``live = index + T`` (the mask is causal on slots), so
 those slots contribute exact zeros to both softmaxes and to ``A V``.  Reading them costs
 bandwidth only.  ``live_differential_map`` therefore slices the cache to the smallest of
-a few static lengths (buckets ``block * 2^j``, capped at ``S``) that covers ``live`` and
+a few static lengths (buckets ``MIN_BUCKET * 2^j`` = 128 * 2^j, capped at ``S``) that
+covers ``live`` and
 runs the ordinary :func:`~pythoncoder.model.attention.blocked_differential_map` on that
 prefix, chosen with ``lax.switch`` (one compiled branch per bucket, picked on the device).
 

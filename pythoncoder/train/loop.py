@@ -219,6 +219,9 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     log(plan.describe())
 
     tx, schedule = make_optimizer(train_cfg, plan.total_steps, plan.warmup_steps)
+    # The LR of every step, fetched once: reading it per step from a device computation
+    # would queue behind the step just dispatched and make the host wait on the device.
+    lr_table = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(plan.total_steps + 1)))
     model = build_model(model_cfg, seed=train_cfg.seed)
     graphdef, _ = nnx.split(model, nnx.Param)
     abstract = abstract_train_state(model, tx)
@@ -325,7 +328,8 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         """Host side of one step: non-finite policy, LR, JSONL/TensorBoard/progress bar."""
         nonlocal skipped_total
         loss, finite = float(m["loss"]), bool(m["finite"])
-        lr = float(schedule(counters["applied"]))  # the LR this step's update used
+        # the LR this step's update used
+        lr = float(lr_table[min(counters["applied"], len(lr_table) - 1)])
         if not finite:
             counters["bad"] += 1
             skipped_total += 1

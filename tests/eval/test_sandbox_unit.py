@@ -249,3 +249,18 @@ def test_prlimit_targets_only_the_interpreter():
             assert resource.prlimit(p, resource.RLIMIT_NPROC)[0] != 0
     finally:
         cand.kill()
+
+
+def test_judge_maps_iteration_ending_exceptions_to_runtime_error():
+    """StopIteration from the candidate must not end a test's map()/zip() early as a pass."""
+    from pythoncoder.eval import _judge
+
+    for name in ("StopIteration", "StopAsyncIteration", "AssertionError"):
+        assert _judge._EXCEPTIONS.get(name, RuntimeError) is RuntimeError
+    assert _judge._EXCEPTIONS["ValueError"] is ValueError
+
+    def candidate(x):  # what a proxy does with a ("raise", "StopIteration") reply
+        raise _judge._EXCEPTIONS.get("StopIteration", RuntimeError)("raised in the sandbox")
+
+    with pytest.raises(RuntimeError):
+        all(map(candidate, [1, 2, 3]))

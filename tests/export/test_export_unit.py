@@ -150,6 +150,15 @@ def test_cli_export_then_generate_from_the_weights(tmp_path, capsys):
 
     assert main(["generate", "--weights", str(tmp_path / "nope"), *args]) == 2
     assert "config.json is missing" in capsys.readouterr().err
+    assert main(["generate", "--weights", str(out), "--step", "7", *args]) == 2
+    assert "--step applies to a run" in capsys.readouterr().err
+    (out / "tokenizer.json").write_text("not a tokenizer")
+    from pythoncoder.infer import api
+
+    api.load_generator.cache_clear()  # the loaded generator is cached per directory
+    assert main(["generate", "--weights", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a usable tokenizer" in err[0]
 
     # a bit-flipped checkpoint is refused, not exported
     files = [p for p in (run / "checkpoints" / "7").rglob("*") if p.is_file()
