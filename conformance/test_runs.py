@@ -290,6 +290,7 @@ BAD_INPUTS = {
     "empty prepared dir": ["train", "--seq-len", "16", "--data", "{empty}"],
     "read-only out": ["train", "--seq-len", "16", "--data", "{data}", "--out",
                       "/proc/pythoncoder-run"],
+    "tokens below one step": ["train", "--seq-len", "16", "--data", "{data}", "--tokens", "10"],
     "temperature -1": ["generate", "--prompt", "x", "--temperature", "-1"],
     "top-p 0": ["generate", "--prompt", "x", "--top-p", "0"],
     "top-p 1.5": ["generate", "--prompt", "x", "--top-p", "1.5"],

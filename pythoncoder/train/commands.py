@@ -144,7 +144,10 @@ def run_train(args: argparse.Namespace) -> int:
     validate_train_args(args, model_cfg, train_cfg)
     total_steps = args.steps
     if args.tokens is not None and total_steps is None:
-        total_steps = plan_run(int(args.tokens), train_cfg).total_steps
+        try:
+            total_steps = plan_run(int(args.tokens), train_cfg).total_steps
+        except TrainConfigError as e:
+            raise UsageError(f"--tokens {args.tokens:g}: {e}") from None
     if total_steps is None and args.epochs is None:
         # the demo budget: about 10 minutes on a 2-core CPU; --epochs/--tokens for more
         total_steps = DEFAULT_STEPS.get(args.preset)

@@ -34,7 +34,7 @@ from pythoncoder.checkpoint import (
     write_run_files,
 )
 from pythoncoder.model import ModelConfig, build_model
-from pythoncoder.train.config import RunPlan, TrainConfig, plan_run
+from pythoncoder.train.config import RunPlan, TrainConfig, TrainConfigError, plan_run
 from pythoncoder.train.memory import abstract_train_state
 from pythoncoder.train.optimizer import make_optimizer
 from pythoncoder.train.sharding import (
@@ -207,13 +207,13 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     procs = jax.process_count()
     rows_per_step = train_cfg.micro_batch * train_cfg.accum_steps
     if rows_per_step % procs:
-        raise ValueError(f"micro_batch*accum_steps={rows_per_step} rows per step do not split "
-                         f"over {procs} hosts")
+        raise TrainConfigError(f"micro_batch*accum_steps={rows_per_step} rows per step do not "
+                               f"split over {procs} hosts")
     loader = make_loader(data_dir, split="train", batch_size=rows_per_step // procs,
                          seed=train_cfg.seed)
     if loader.seq_len != train_cfg.seq_len:
-        raise ValueError(f"data in {data_dir} is packed at seq_len={loader.seq_len}, but "
-                         f"seq_len={train_cfg.seq_len} was requested")
+        raise TrainConfigError(f"data in {data_dir} is packed at seq_len={loader.seq_len}, "
+                               f"but seq_len={train_cfg.seq_len} was requested")
     tokens_per_epoch = loader.steps_per_epoch * train_cfg.tokens_per_step
     plan: RunPlan = plan_run(tokens_per_epoch, train_cfg, total_steps=total_steps)
     log(plan.describe())
