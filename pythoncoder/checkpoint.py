@@ -430,9 +430,6 @@ class Checkpointer:
         _check_finite(out["params"], step)
         return out["params"], step
 
-    def read_meta(self, step: int) -> dict[str, Any]:
-        return dict(self._restore(step, {"meta": ocp.args.JsonRestore()})["meta"])
-
     def close(self) -> None:
         try:
             self.finish()

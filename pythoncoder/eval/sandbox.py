@@ -307,11 +307,6 @@ def _others_can_read(path: str) -> bool:
         return False
 
 
-def network_namespace_prefix() -> tuple[str, ...]:
-    """Kept for callers of the old API: ``("unshare", "-n")`` if usable, else ``()``."""
-    return ("unshare", "-n") if _probe("unshare", sys.executable) else ()
-
-
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
