@@ -3,11 +3,13 @@
 import jax
 import pytest
 
+from pythoncoder.testing.compile_cache import enable_test_compilation_cache
 from pythoncoder.testing.precision import apply_test_policy
 
 # NUM-02: reference checks at full fp32 matmul precision, deterministic GPU reductions.
 # Before any backend starts (the model import below does not start one).
 POLICY = apply_test_policy()
+COMPILE_CACHE = enable_test_compilation_cache()
 
 from pythoncoder.model import ModelConfig, build_model  # noqa: E402
 

@@ -212,3 +212,36 @@ def test_buckets_cover_the_cache():
     assert buckets(64, 8) == (8, 16, 32, 64)
     assert buckets(2496, 128) == (128, 256, 512, 1024, 2048, 2496)
     assert buckets(100, 128) == (100,)
+
+
+@pytest.mark.req("INF-06")
+def test_the_model_reads_only_the_live_bucket_of_its_cache(engine, loop_cfg):
+    """Through the whole model (every layer, as the engine calls it): a prompt at slots
+    0..15 of a 512-slot cache with NaN in every slot from 128 on gives the same finite
+    logits as a clean cache, so the model hands the live length to attention.  Control:
+    NaN inside the live bucket (masked slots 100..127) does reach the output."""
+    from flax import nnx
+
+    from pythoncoder.infer.engine import cached_forward
+
+    model = nnx.merge(engine.graphdef, engine.params)
+    B, T, S = 2, PROMPT_LEN, 512
+    tokens = jnp.asarray(np.random.default_rng(4).integers(0, loop_cfg.vocab_size, (B, T)),
+                         jnp.int32)
+    segs, offsets = jnp.ones((B, T), jnp.int32), jnp.zeros((B,), jnp.int32)
+    step = jax.jit(lambda params, cache: cached_forward(
+        nnx.merge(engine.graphdef, params), cache, tokens, jnp.int32(0), offsets, segs)[0])
+
+    def fwd(cache):
+        return step(engine.params, cache)
+
+    def poisoned(start):
+        cache = model.init_cache(B, S)
+        bad = jnp.arange(S)[None, None, :, None, None] >= start
+        return cache._replace(k=jnp.where(bad, jnp.nan, cache.k),
+                              v=jnp.where(bad, jnp.nan, cache.v))
+
+    clean = np.asarray(fwd(model.init_cache(B, S)))
+    assert np.isfinite(clean).all()
+    np.testing.assert_array_equal(np.asarray(fwd(poisoned(128))), clean)
+    assert np.isnan(np.asarray(fwd(poisoned(100)))).any()

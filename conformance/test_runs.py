@@ -23,6 +23,7 @@ from pythoncoder.checkpoint import (
     CorruptCheckpointError,
     RunLock,
     RunLockError,
+    verify_step,
     write_run_files,
 )
 from pythoncoder.train.step import TrainState
@@ -622,4 +623,48 @@ def test_a_failed_background_save_is_one_line_without_tmpfs(tmp_path, monkeypatc
     ckpt.manager.close()
     ckpt = Checkpointer(tmp_path, read_only=True)
     assert ckpt.newest_verified() == 1  # step 2 never got its manifest
+    ckpt.close()
+
+
+@pytest.mark.req("RUN-02")
+def test_the_manifest_is_hashed_off_the_training_thread(tmp_path, monkeypatch):
+    """``poll`` hands the hashing to a background thread and returns at once while it runs
+    (at 1b a step is gigabytes); the step is reported once its manifest is written, and a
+    failed manifest write surfaces as one CheckpointError from ``poll``."""
+    import threading
+    import time
+
+    import pythoncoder.checkpoint as ckpt_mod
+
+    release, hashing = threading.Event(), threading.Event()
+    real = ckpt_mod.write_manifest
+
+    def slow_manifest(step_dir, step):
+        hashing.set()
+        assert release.wait(60)
+        if step == 2:
+            raise OSError(28, "No space left on device")
+        return real(step_dir, step)
+
+    monkeypatch.setattr(ckpt_mod, "write_manifest", slow_manifest)
+    ckpt = Checkpointer(tmp_path, keep=5)
+    ckpt.save(1, tiny_state(1.0, 1), {"global_step": 1})
+    ckpt.manager.wait_until_finished()
+    assert ckpt.poll() is None and hashing.wait(60)  # hashing started, poll did not wait
+    assert ckpt.poll() is None and not (ckpt.step_dir(1) / MANIFEST).exists()
+    release.set()
+    assert ckpt.finish() == 1
+    verify_step(ckpt.step_dir(1), 1)
+    assert ckpt.poll() is None and ckpt.finish() is None  # nothing pending
+
+    ckpt.save(2, tiny_state(2.0, 2), {"global_step": 2})
+    ckpt.manager.wait_until_finished()
+    with pytest.raises(CheckpointError) as e:
+        while ckpt.poll() is None:
+            time.sleep(0.01)
+    assert str(e.value).count("\n") == 0 and "manifest of checkpoint step 2" in str(e.value)
+    assert "No space left on device" in str(e.value)
+    ckpt.close()
+    ckpt = Checkpointer(tmp_path, read_only=True)
+    assert ckpt.newest_verified() == 1
     ckpt.close()

@@ -511,3 +511,84 @@ def test_consecutive_nonfinite_steps_stop_with_checkpoint_intact(data_dir, tmp_p
     state, _ = ckpt.restore(abstract_train_state(model, tx))
     ckpt.close()
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+def _step_that(monkeypatch, *, poison_from=None, signal_at=None):
+    """From update ``poison_from`` on the head holds an inf (inside the jitted step), and
+    SIGINT reaches this process while the host prepares step ``signal_at`` (1-based)."""
+    import signal
+
+    import pythoncoder.train.loop as loop
+
+    if poison_from is not None:
+        real = loop.make_train_step
+
+        def poisoned(graphdef, tx, **kw):
+            inner = real(graphdef, tx, **kw)
+
+            def step(state, batch, key):
+                k = state.params["lm_head"]["kernel"][...]
+                params = jax.tree.map(lambda x: x, state.params)
+                params["lm_head"]["kernel"][...] = jnp.where(
+                    state.step >= poison_from, k.at[0, 0].set(jnp.inf), k)
+                return inner(state.replace(params=params), batch, key)
+
+            return step
+
+        monkeypatch.setattr(loop, "make_train_step", poisoned)
+    if signal_at is not None:
+        reshape, calls = loop._reshape_batch, [0]
+
+        def reshape_then_signal(batch, accum):  # called once per step, on the host
+            calls[0] += 1
+            if calls[0] == signal_at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return reshape(batch, accum)
+
+        monkeypatch.setattr(loop, "_reshape_batch", reshape_then_signal)
+
+
+@pytest.mark.req("TRAIN-08", "RUN-05")
+def test_signal_during_a_nonfinite_streak_reports_the_last_good_checkpoint(
+        data_dir, tmp_path, monkeypatch, capsys):
+    """SIGINT at step 4 of a streak that began at step 3: no checkpoint is written at step 4,
+    the summary (and the CLI's line) name step 2 as where resume starts, not 'saved'."""
+    from pythoncoder.train import commands
+
+    _step_that(monkeypatch, poison_from=2, signal_at=4)
+    logs = []
+    summary = run(small_model_cfg(), micro_train_cfg(max_consecutive_nonfinite=5), data_dir,
+                  tmp_path / "streak", total_steps=10, log=logs.append)
+    assert summary["interrupted"] == "SIGINT" and summary["steps_done"] == 4
+    assert summary["resume_step"] == 2 and summary["skipped"] == 2
+    ckpt = Checkpointer(tmp_path / "streak", read_only=True)
+    assert ckpt.all_steps() == [2]
+    ckpt.close()
+    assert any("no checkpoint at this step; resume starts from step 2" in l for l in logs)
+    assert not any("checkpoint saved" in l for l in logs)
+
+    monkeypatch.setattr(commands, "_train_config", lambda *a: micro_train_cfg())
+    monkeypatch.setattr(commands, "validate_train_args", lambda *a: None)
+    monkeypatch.setattr("pythoncoder.train.loop.train", lambda *a, **k: summary)
+    args = commands.argparse.Namespace(
+        preset="tiny", compute_dtype=None, remat=None, steps=10, tokens=None, epochs=None,
+        data=str(data_dir), mesh=None, out=str(tmp_path / "streak"), resume=False,
+        no_progress=True, peak_tflops=None)
+    assert commands.run_train(args) == 75
+    err = capsys.readouterr().err
+    assert "no checkpoint at this step (a non-finite streak); resume starts from step 2" in err
+    assert "checkpoint saved" not in err
+
+
+@pytest.mark.req("RUN-05")
+def test_signal_during_the_last_step_ends_a_complete_run(data_dir, tmp_path, monkeypatch):
+    """The last step's checkpoint is written whatever arrives meanwhile: the run is complete
+    (exit 0 from the CLI), not interrupted."""
+    _step_that(monkeypatch, signal_at=3)
+    summary = run(small_model_cfg(), micro_train_cfg(), data_dir, tmp_path / "last",
+                  total_steps=3)
+    assert summary["signal"] == "SIGINT"  # it did arrive, during the last step
+    assert summary["interrupted"] is None and summary["steps_done"] == 3
+    ckpt = Checkpointer(tmp_path / "last", read_only=True)
+    assert ckpt.latest_step() == 3
+    ckpt.close()

@@ -20,6 +20,7 @@ This module imports neither ``pythoncoder.train`` nor ``pythoncoder.infer``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import errno
 import fcntl
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 RUN_FILE = "run.json"
@@ -225,8 +226,10 @@ def verify_step(step_dir: str | Path, step: int) -> None:
 
 
 def _check_finite(params: Any, step: int) -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if not np.isfinite(np.asarray(jax.device_get(leaf))).all():
+    """Reduce each leaf on its device; only one flag per leaf comes back to the host."""
+    flags = jax.device_get(jax.tree.map(lambda x: jnp.isfinite(x).all(), params))
+    for path, ok in jax.tree_util.tree_leaves_with_path(flags):
+        if not bool(ok):
             raise CorruptCheckpointError(
                 step, f"non-finite parameter values in {jax.tree_util.keystr(path)}")
 
@@ -260,9 +263,12 @@ def _quiet_orbax_errors() -> None:
 class Checkpointer:
     """``ocp.CheckpointManager`` with verified steps, clear errors and one pending save.
 
-    ``save`` starts an (async) save; ``poll`` finishes it when Orbax is done (writes the
-    manifest) without waiting; ``finish`` waits.  Both raise :class:`CheckpointError` with
-    one line if the save failed.  They return the step they finished, else ``None``.
+    ``save`` starts an (async) save; ``poll`` never waits: once Orbax is done it starts
+    hashing the step's files for the manifest on a background thread (gigabytes at 1b, so
+    not on the training loop's thread) and returns the step when that is written;
+    ``finish`` waits for both.  Both raise :class:`CheckpointError` with one line if the
+    save failed.  They return the step they finished, else ``None``.  In a multi-process
+    run only process 0 writes the manifest (the directory is shared).
     """
 
     def __init__(self, run_dir: str | Path, *, keep: int = 3, async_save: bool = True,
@@ -279,7 +285,9 @@ class Checkpointer:
                                                  item_names=ITEMS)
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad directory
             raise CheckpointError(f"cannot open {self.directory}: {_one_line(e)}") from None
-        self._pending: int | None = None
+        self._pending: int | None = None  # Orbax still writing this step
+        self._manifest: tuple[int, concurrent.futures.Future] | None = None  # hashing it
+        self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
         _quiet_orbax_errors()
 
     def latest_step(self) -> int | None:
@@ -309,14 +317,30 @@ class Checkpointer:
         self._pending = step
 
     def poll(self) -> int | None:
+        if self._manifest is not None:
+            return self._collect_manifest() if self._manifest[1].done() else None
         if self._pending is None or self.manager.is_saving_in_progress():
             return None
-        return self.finish()
+        step = self._orbax_done()
+        if self._hasher is None:
+            self._hasher = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="checkpoint-manifest")
+        self._manifest = (step, self._hasher.submit(self._write_manifest, step))
+        return None
 
     def finish(self) -> int | None:
-        step, self._pending = self._pending, None
-        if step is None:
+        if self._manifest is not None:
+            return self._collect_manifest()
+        if self._pending is None:
             return None
+        step = self._orbax_done()
+        self._write_manifest(step)
+        return step
+
+    def _orbax_done(self) -> int:
+        """Wait for Orbax's save of the pending step; raise if it failed."""
+        step, self._pending = self._pending, None
+        assert step is not None
         try:
             self.manager.wait_until_finished()
             self.manager.check_for_errors()
@@ -326,11 +350,21 @@ class Checkpointer:
         if not self.step_dir(step).is_dir():
             raise CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: "
                                   "the step directory is missing after the save")
+        return step
+
+    def _write_manifest(self, step: int) -> None:
+        if jax.process_index() != 0:
+            return
         try:
             write_manifest(self.step_dir(step), step)
         except OSError as e:
             raise CheckpointError(f"writing the manifest of checkpoint step {step} failed: "
                                   f"{_one_line(e)}; earlier checkpoints are untouched") from None
+
+    def _collect_manifest(self) -> int:
+        assert self._manifest is not None
+        (step, future), self._manifest = self._manifest, None
+        future.result()  # re-raises the CheckpointError of a failed manifest write
         return step
 
     # verifying
@@ -434,7 +468,14 @@ class Checkpointer:
         try:
             self.finish()
         finally:
-            self.manager.close()
+            self.release()
+
+    def release(self) -> None:
+        """Close without finishing a pending save (after ``finish`` has failed)."""
+        if self._hasher is not None:
+            self._hasher.shutdown()
+            self._hasher = None
+        self.manager.close()
 
 
 def restore_model(run_dir: str | Path, step: int | None = None, *, model_cfg: Any = None):

@@ -179,8 +179,16 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"loss/LR curves: {summary['plot']}")
     print(f"run directory: {summary['run_dir']}")
     if summary.get("interrupted"):
+        resume_step = summary.get("resume_step")
+        if resume_step == summary["steps_done"]:
+            saved = "checkpoint saved"
+        elif resume_step is None:
+            saved = "no checkpoint was saved (a non-finite streak); resume starts from scratch"
+        else:
+            saved = (f"no checkpoint at this step (a non-finite streak); resume starts from "
+                     f"step {resume_step}")
         print(f"pythoncoder train: interrupted by {summary['interrupted']} at step "
-              f"{summary['steps_done']}; checkpoint saved. Continue with: pythoncoder train "
+              f"{summary['steps_done']}; {saved}. Continue with: pythoncoder train "
               f"--resume --out {summary['run_dir']} (same options)", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

@@ -363,6 +363,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         bar.update(1)
 
     failed = True
+    stopped: dict[str, Any] | None = None  # set when the loop ends before the plan's last step
     with _Sigterm() as sigterm:
         try:
             for global_step in range(start, plan.total_steps):
@@ -387,10 +388,14 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
                         f"last good one (step {ckpt.latest_step()}) stays")
                 elif at_ckpt or stopping:
                     checkpoint(done)
-                if stopping:
+                if stopping and done < plan.total_steps:
                     saved(ckpt.finish())
-                    log(f"stopping at step {done} ({sigterm.received or 'stop'}); checkpoint "
-                        f"saved in {ckpt.directory}")
+                    stopped = {"step": done, "by": sigterm.received,
+                               "resume_step": ckpt.latest_step()}
+                    where = (f"checkpoint saved in {ckpt.directory}" if not counters["bad"]
+                             else f"no checkpoint at this step; resume starts from step "
+                                  f"{stopped['resume_step']}")
+                    log(f"stopping at step {done} ({sigterm.received or 'stop'}); {where}")
                     break
             if pending is not None:
                 record_step(*pending)
@@ -405,7 +410,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
                     raise
                 log(str(e))
             finally:
-                ckpt.manager.close()
+                ckpt.release()
             if tb:
                 tb.close()
     plot = plot_curves(metrics_path, run_dir / "curves.png") if metrics_path.exists() else None
@@ -413,7 +418,10 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         "plan": plan, "steps_done": history["loss"][-1][0] if history["loss"] else start,
         "losses": [l for _, l in history["loss"]], "val_losses": history["val_loss"],
         "first_val_loss": first_val, "skipped": skipped_total, "plot": plot,
-        "final_params": state.params, "run_dir": run_dir, "interrupted": sigterm.received,
+        "final_params": state.params, "run_dir": run_dir,
+        # a signal that arrives after the last step (final save, plot) ends a complete run
+        "interrupted": stopped["by"] if stopped else None, "signal": sigterm.received,
+        "resume_step": stopped["resume_step"] if stopped else None,
     }
 
 
