@@ -156,3 +156,24 @@ def test_judge_mode_and_the_labelled_weak_fallbacks():
     summary = summarize(rows)
     assert (summary["in_sandbox_verdicts"], summary["in_sandbox_problems"]) == (2, ["2", "3"])
     assert "weak verdicts: 2 sample(s) of 2 problem(s)" in format_summary("mbpp", summary)
+
+
+@pytest.mark.req("EVAL-05")
+def test_stdlib_modules_in_the_asserts_are_the_judges_own():
+    """``math.isclose`` in an assert is the judge's ``math``, not a proxy for a candidate
+    function called ``math`` (which made every correct sample fail); a free name that is
+    called stays the candidate's, even when a stdlib module has that name."""
+    problem = {"task_id": 21, "text": "Area of a circle.",
+               "code": "import math\ndef circle_area(r):\n    return math.pi * r * r",
+               "test_list": ["assert math.isclose(circle_area(1), 3.14159, rel_tol=1e-3)",
+                             "assert math.isclose(circle_area(2), 12.566, rel_tol=1e-3)"],
+               "test_setup_code": ""}
+    spec = mbpp.judge_spec(problem)
+    assert spec["names"] == ["circle_area"] and spec["prelude"].startswith("import math\n")
+    called = dict(problem, test_list=["assert random(3) == [3]"])  # MBPP-style name clash
+    assert mbpp.judge_spec(called)["names"] == ["random"]
+    wrong = "import math\ndef circle_area(r):\n    return 2 * math.pi * r"
+    samples = [{"task_id": 21, "completion": problem["code"]},
+               {"task_id": 21, "completion": wrong}]
+    rows = mbpp.evaluate(samples, {"21": problem}, progress=False)
+    assert [(r["passed"], r["verdict"]) for r in rows] == [(True, "judge"), (False, "judge")]

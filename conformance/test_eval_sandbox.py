@@ -585,6 +585,32 @@ def test_unsupported_tests_fall_back_to_a_labelled_weak_verdict():
     assert (result.result, result.verdict) == ("passed", "in-sandbox")
 
 
+@pytest.mark.req("EVAL-05")
+@pytest.mark.parametrize("shape", ["deep", "wide"])
+def test_a_candidate_cannot_choose_the_weak_verdict_through_the_caps(shape):
+    """The test feeds the candidate's answer back to it (``c(c(1))``).  An answer just
+    inside the reply's caps that the judge's next call would carry past them (two levels
+    deeper, or more items) is a judged fail: were it ``unsupported``, the harness would run
+    the weak in-sandbox fallback, whose verdict code written against it can forge."""
+    spec = {"prelude": "", "test": "def check(c):\n    assert c(c(1)) == 'unreachable'\n",
+            "names": ["f"], "entry": "f"}
+    if shape == "deep":
+        value, body = 0, "    v = 0\n    for _ in range(63):\n        v = [v]\n    return v\n"
+        for _ in range(63):
+            value = [value]
+    else:  # a string whose reply frame fits and whose call frame does not
+        base = len(_wire.encode(("ok", "", [1])))  # holds "s0:"; "s<8 digits>:" is 7 more
+        n = _wire.MAX_FRAME - base - 7
+        value, body = "x" * n, f"    return 'x' * {n} if x == 1 else 'unreachable'\n"
+    _wire.encode(("ok", value, [1]))  # the candidate can send it ...
+    with pytest.raises(_wire.WireLimitError):  # ... the judge cannot send it back
+        _wire.encode(("call", "f", [value], {}))
+    forged = "import os\nos._exit(0)\n"  # what a forging fallback would amount to
+    result = run_program(Job("def f(x):\n" + body, spec, fallback=forged))
+    assert result.verdict == JUDGE and result.result.startswith("failed"), result
+    assert "past the wire's limits" in result.reason
+
+
 @pytest.mark.req("EVAL-06")
 def test_reasons_are_capped_and_sanitized():
     result = run_program("raise ValueError('\\x1b[31m' + 'A' * 5000)", SandboxConfig())

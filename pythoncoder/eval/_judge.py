@@ -15,7 +15,9 @@ descriptors to a freshly started candidate (``SCM_RIGHTS``). The judge
 4. answers ``{"verdict": "passed" | "failed" | "unsupported", "reason": ...}``.
    ``unsupported`` means the test itself passes something that is not plain data (a
    function, an object) to the candidate: the harness then falls back to the weak,
-   in-sandbox verdict and labels the result.
+   in-sandbox verdict and labels the result.  Plain data past the wire's caps (which only
+   the candidate's own answers, fed back by a test, can reach) is a fail instead, so a
+   candidate cannot choose the weak verdict.
 """
 
 import json
@@ -35,6 +37,7 @@ else:
         exec(compile(_f.read(), "_wire.py", "exec"), _WIRE)
 encode, decode, frame = _WIRE["encode"], _WIRE["decode"], _WIRE["frame"]
 read_frame, write_all, WireError = _WIRE["read_frame"], _WIRE["write_all"], _WIRE["WireError"]
+WireLimitError = _WIRE["WireLimitError"]
 
 import builtins  # noqa: E402
 
@@ -79,6 +82,11 @@ class Channel:
     def call(self, name, args, kwargs):
         try:
             payload = encode(("call", name, list(args), dict(kwargs)))
+        except WireLimitError:
+            # Plain data past a cap can only be built from the candidate's own earlier
+            # answers (a test's constants are small): a fail, never the weak fallback,
+            # which a candidate could otherwise choose for itself.
+            raise CandidateGone(f"an argument to {name} is past the wire's limits") from None
         except WireError as e:
             raise Unsupported(f"argument to {name}: {e}") from None
         try:

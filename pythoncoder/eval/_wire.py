@@ -25,22 +25,26 @@ class WireError(ValueError):
     """Not plain data, or a malformed / oversized frame."""
 
 
+class WireLimitError(WireError):
+    """Plain data past a cap of the encoder (size, depth, item count, integer digits)."""
+
+
 def encode(value) -> bytes:
     out = []
     count = [0]
     _enc(value, out, 0, count)
     payload = b"".join(out)
     if len(payload) > MAX_FRAME:
-        raise WireError("value too large to send")
+        raise WireLimitError("value too large to send")
     return payload
 
 
 def _enc(v, out, depth, count):
     if depth > MAX_DEPTH:
-        raise WireError("value nested too deeply")
+        raise WireLimitError("value nested too deeply")
     count[0] += 1
     if count[0] > MAX_ITEMS:
-        raise WireError("value has too many items")
+        raise WireLimitError("value has too many items")
     t = type(v)
     if v is None:
         out.append(b"N")
@@ -51,7 +55,7 @@ def _enc(v, out, depth, count):
     elif t is int:
         text = int.__repr__(v)
         if len(text) > MAX_INT_DIGITS:
-            raise WireError("integer too large to send")
+            raise WireLimitError("integer too large to send")
         out.append(b"i" + text.encode("ascii") + b";")
     elif t is float:
         out.append(b"f" + float.hex(v).encode("ascii") + b";")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,27 @@ def judge_spec(problem: Mapping[str, Any]) -> dict[str, Any] | None:
     except SyntaxError:
         return None
     known = _defined(setup_tree) | _defined(test_tree) | set(dir(builtins))
-    names = sorted({n.id for n in ast.walk(test_tree)
-                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - known)
+    free = {n.id for n in ast.walk(test_tree)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - known
+    modules = _stdlib_modules_used(test_tree, free)
+    names = sorted(free - modules)
     classes = {n.name for n in ast.walk(reference) if isinstance(n, ast.ClassDef)}
     if not names or classes & set(names):
         return None
-    return {"prelude": setup, "test": test, "names": names, "entry": None}
+    # ``assert math.isclose(area(2), 12.56)``: the judge imports ``math`` itself (a stdlib
+    # module named by the trusted test text) instead of asking the candidate for it.
+    prelude = "".join(f"import {m}\n" for m in sorted(modules)) + setup
+    return {"prelude": prelude, "test": test, "names": names, "entry": None}
+
+
+def _stdlib_modules_used(tree: ast.AST, free: set[str]) -> set[str]:
+    """Free names that are standard-library modules and are only used as ``name.attr``
+    (never called or passed themselves, as the candidate's functions are)."""
+    as_base = {id(n.value) for n in ast.walk(tree)
+               if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    other = {n.id for n in ast.walk(tree)
+             if isinstance(n, ast.Name) and n.id in free and id(n) not in as_base}
+    return {name for name in free - other if name in sys.stdlib_module_names}
 
 
 def job(problem: Mapping[str, Any], completion: str) -> Job:
