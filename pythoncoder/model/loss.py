@@ -42,7 +42,8 @@ def chunked_cross_entropy(x_ND: jax.Array, w_DV: jax.Array, labels_N: jax.Array,
     1024 (a 4x saving the tiny demo's small batches need)."""
     n = x_ND.shape[0]
     k = -(-n // chunk)
-    chunk = min(chunk, -(-(-(-n // k)) // 8) * 8)
+    rows = -(-n // k)  # ceil(n / k) rows per chunk, rounded up to 8
+    chunk = min(chunk, -(-rows // 8) * 8)
     pad = k * chunk - n
     if pad:
         x_ND = jnp.pad(x_ND, ((0, pad), (0, 0)))

@@ -24,16 +24,15 @@ from pythoncoder.utils.argtypes import (
 
 # CPU-friendly defaults per preset; the 1b uses the design doc's values (TrainConfig()).
 PRESET_TRAIN_DEFAULTS = {
-    # The demo: many small steps learn more from its ~120k tokens than few large ones.
-    "tiny": dict(seq_len=256, micro_batch=2, accum_steps=1, peak_lr=3e-3, epochs=1,
-                 steps_per_checkpoint=80, eval_batches=8),
+    "tiny": dict(seq_len=256, micro_batch=4, accum_steps=1, peak_lr=2e-3, epochs=1,
+                 steps_per_checkpoint=40, eval_batches=4),
     "small": dict(seq_len=1024, micro_batch=8, accum_steps=2, peak_lr=1e-3,
                   steps_per_checkpoint=500),
     "1b": dict(),
 }
-DEFAULT_STEPS = {"tiny": 240}
-# The demo: a single short pass over data it never repeats, so dropout only slows it.
-PRESET_MODEL_DEFAULTS = {"tiny": dict(dropout_rate=0.0)}
+DEFAULT_STEPS = {"tiny": 120}
+# Model-field defaults per preset for `train` (none today; --dropout overrides the design's).
+PRESET_MODEL_DEFAULTS: dict[str, dict] = {}
 TRAIN_OVERRIDES = ("seq_len", "micro_batch", "accum_steps", "epochs", "peak_lr",
                    "warmup_steps", "weight_decay", "clip_norm", "steps_per_checkpoint",
                    "keep_checkpoints", "seed", "eval_batches", "log_every",
@@ -68,7 +67,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="prepared data dir (default: prepare the stdlib into the user cache)")
     p.add_argument("--out", default="runs/tiny", help="run directory (checkpoints, metrics)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="total optimizer steps (default for tiny: 240, about 10 min on 2 "
+                   help="total optimizer steps (default for tiny: 120, about 10 min on 2 "
                         "CPU cores; otherwise the plan from the data and --epochs)")
     p.add_argument("--tokens", type=positive_float, default=None,
                    help="tokens per epoch for the plan (default: the data's size)")
@@ -80,8 +79,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compute-dtype", default=None, choices=["auto", "float32", "bfloat16"])
     p.add_argument("--remat", default=None, choices=["none", "full", "dots", "names"])
     p.add_argument("--dropout", type=dropout_rate, default=None,
-                   help="dropout rate (default: the design's 0.1; 0 for the tiny demo, "
-                        "too short to overfit)")
+                   help="dropout rate (default: the design's 0.1)")
     p.add_argument("--peak-tflops", type=positive_float, default=None,
                    help="per-device peak TFLOP/s for the logged MFU (default: the datasheet "
                         "bf16 peak of known TPUs/GPUs; none on CPU)")
