@@ -31,8 +31,6 @@ PRESET_TRAIN_DEFAULTS = {
     "1b": dict(),
 }
 DEFAULT_STEPS = {"tiny": 120}
-# Model-field defaults per preset for `train` (none today; --dropout overrides the design's).
-PRESET_MODEL_DEFAULTS: dict[str, dict] = {}
 TRAIN_OVERRIDES = ("seq_len", "micro_batch", "accum_steps", "epochs", "peak_lr",
                    "warmup_steps", "weight_decay", "clip_norm", "steps_per_checkpoint",
                    "keep_checkpoints", "seed", "eval_batches", "log_every",
@@ -142,7 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
     from pythoncoder.train.loop import NonFiniteError, train
     from pythoncoder.train.sharding import make_mesh
 
-    overrides = dict(PRESET_MODEL_DEFAULTS.get(args.preset, {}))
+    overrides: dict = {}
     if args.dropout is not None:
         overrides["dropout_rate"] = args.dropout
     if args.compute_dtype:
