@@ -27,6 +27,11 @@ model keeps them stacked on a leading layer axis), e.g.::
 
 Every matrix is stored as ``[in, out]`` (the model computes ``x @ kernel``); see
 ``spec/requirements.md`` for the head layout inside the attention projections.
+
+``vocab`` is ``model_config.vocab_size`` (151,808) unless ``model_config.vocab_subset``
+lists token ids (the demo's trimmed vocabulary): then it is ``len(vocab_subset) + 1``,
+row ``r >= 1`` is token ``vocab_subset[r - 1]`` and row 0 stands for every other token,
+its probability split evenly over them (``pythoncoder/model/vocab.py``).
 """
 
 from __future__ import annotations

@@ -74,8 +74,21 @@ class ModelConfig:
     loss_chunk_size: int = 2048
     # ARCH-02: TPU-targeted configs must be 256-aligned; small CPU presets opt out.
     tpu_aligned: bool = True
+    # Vocabulary subset (the CPU demo's speed-up): empty = the full ``vocab_size`` rows.
+    # Otherwise the sorted tokenizer ids the model has rows for; embedding and head get
+    # ``len(vocab_subset) + 1`` rows, row 0 standing for every other id ("other"), whose
+    # probability the full-vocabulary view spreads evenly over those ids (see
+    # ``pythoncoder/model/vocab.py``).  Token ids in and out stay the tokenizer's.
+    vocab_subset: tuple[int, ...] = dataclasses.field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.vocab_subset, tuple):  # a JSON list from run.json/config.json
+            try:
+                subset = tuple(int(i) for i in self.vocab_subset)
+            except (TypeError, ValueError):
+                raise ConfigError(f"ModelConfig.vocab_subset: must be a sequence of token "
+                                  f"ids, got {type(self.vocab_subset).__name__}") from None
+            object.__setattr__(self, "vocab_subset", subset)
         self.validate()
 
     # ---- derived dimensions -------------------------------------------------------
@@ -102,6 +115,11 @@ class ModelConfig:
     @property
     def kv_width(self) -> int:
         return self.num_kv_subheads * self.head_dim
+
+    @property
+    def model_vocab_rows(self) -> int:
+        """Rows of the embedding and the output head: the vocabulary, or subset + other."""
+        return len(self.vocab_subset) + 1 if self.vocab_subset else self.vocab_size
 
     @property
     def kv_values_per_token_per_layer(self) -> int:
@@ -167,16 +185,27 @@ class ModelConfig:
         need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
              f"must be one of {ATTENTION_IMPLS}")
         need(self.dropout_rng in DROPOUT_RNGS, "dropout_rng", f"must be one of {DROPOUT_RNGS}")
+        if self.vocab_subset:
+            sub = self.vocab_subset
+            if len(sub) >= self.vocab_size:
+                raise ConfigError(f"ModelConfig.vocab_subset: {len(sub)} ids leave no 'other' "
+                                  f"id of the {self.vocab_size}; use () for the full vocabulary")
+            if not all(0 <= a < b for a, b in zip(sub, sub[1:])) or not 0 <= sub[-1] < (
+                    self.vocab_size):
+                raise ConfigError(f"ModelConfig.vocab_subset: ids must be distinct, sorted "
+                                  f"ascending and in [0, {self.vocab_size})")
         if self.tpu_aligned:
             widths = {
                 "hidden_size": self.hidden_size,
                 "intermediate_size": self.intermediate_size,
-                "vocab_size": self.vocab_size,
+                "vocab_size": self.model_vocab_rows,
                 "num_q_subheads": self.q_width,
                 "num_kv_subheads": self.kv_width,
             }
             what = {"num_q_subheads": "q-projection width num_q_subheads*head_dim ",
-                    "num_kv_subheads": "k/v-projection width num_kv_subheads*head_dim "}
+                    "num_kv_subheads": "k/v-projection width num_kv_subheads*head_dim ",
+                    "vocab_size": "model vocabulary rows (vocab_subset + 1) " if
+                    self.vocab_subset else ""}
             for field, width in widths.items():
                 need(width % TPU_ALIGNMENT == 0, field,
                      f"{what.get(field, '')}{width} is not a multiple of {TPU_ALIGNMENT} "

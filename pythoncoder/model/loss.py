@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from pythoncoder.model.transformer import PythonCoder
+from pythoncoder.model.vocab import other_log_share, to_rows
 
 
 class LossParts(NamedTuple):
@@ -82,16 +83,23 @@ def lm_loss(model: PythonCoder, inputs_BT: jax.Array, labels_BT: jax.Array, *,
                                deterministic=deterministic, dropout_key=dropout_key)
     w = model.lm_head.kernel[...]
     chunk = cfg.loss_chunk_size
+    rows_BT = to_rows(cfg, labels_BT)  # head rows; the tokenizer ids without a subset
+    share = other_log_share(cfg)
     hn = model.final_norm(h).reshape(B * T, -1)
-    main_sum = chunked_cross_entropy(hn, w, labels_BT.reshape(-1), mask.reshape(-1), chunk)
+    main_sum = chunked_cross_entropy(hn, w, rows_BT.reshape(-1), mask.reshape(-1), chunk)
     main_count = jnp.sum(mask)
 
-    mtp_labels = jnp.concatenate([labels_BT[:, 1:], jnp.zeros((B, 1), labels_BT.dtype)], axis=1)
+    mtp_rows = jnp.concatenate([rows_BT[:, 1:], jnp.zeros((B, 1), rows_BT.dtype)], axis=1)
     mtp_mask = jnp.concatenate([mask[:, 1:] * mask[:, :-1], jnp.zeros((B, 1), jnp.float32)],
                                axis=1)
     hm = model.mtp_hidden(h, labels_BT).reshape(B * T, -1)
-    mtp_sum = chunked_cross_entropy(hm, w, mtp_labels.reshape(-1), mtp_mask.reshape(-1), chunk)
+    mtp_sum = chunked_cross_entropy(hm, w, mtp_rows.reshape(-1), mtp_mask.reshape(-1), chunk)
     mtp_count = jnp.sum(mtp_mask)
+    if cfg.vocab_subset:  # "other" targets: the even split over the ids it stands for
+        other = (rows_BT == 0).astype(jnp.float32)
+        main_sum = main_sum + share * jnp.sum(mask * other)
+        mtp_sum = mtp_sum + share * jnp.sum(mtp_mask * jnp.concatenate(
+            [other[:, 1:], jnp.zeros((B, 1), jnp.float32)], axis=1))
     total = main_sum / jnp.maximum(main_count, 1.0) + mtp_weight * mtp_sum / jnp.maximum(
         mtp_count, 1.0)
     return LossParts(total, main_sum, main_count, mtp_sum, mtp_count)

@@ -13,6 +13,7 @@ from pythoncoder.model.attention import DiffAttention, KVCache
 from pythoncoder.model.config import ModelConfig
 from pythoncoder.model.layers import RMSNorm, SwiGLU, dense
 from pythoncoder.model.rope import rope_cos_sin
+from pythoncoder.model.vocab import full_vocab_logits, to_rows
 
 # Named remat policies (MaxText style); "names" keeps the tagged branch outputs.
 REMAT_POLICIES: dict[str, Any] = {
@@ -84,7 +85,7 @@ class PythonCoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
         self.cfg = cfg
         dt = cfg.dtype()
-        self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt,
+        self.embed = nnx.Embed(cfg.model_vocab_rows, cfg.hidden_size, dtype=dt,
                                param_dtype=jnp.float32,
                                embedding_init=nnx.initializers.normal(cfg.init_std), rngs=rngs)
 
@@ -95,28 +96,31 @@ class PythonCoder(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_eps)
-        self.lm_head = dense(cfg.hidden_size, cfg.vocab_size, dtype=dt, std=cfg.init_std,
+        self.lm_head = dense(cfg.hidden_size, cfg.model_vocab_rows, dtype=dt, std=cfg.init_std,
                              rngs=rngs)
         self.mtp = MTPModule(cfg, rngs=rngs)
 
     # ---- embeddings and heads -------------------------------------------------------
     def embed_tokens(self, tokens_BT: jax.Array) -> jax.Array:
-        return self.embed(tokens_BT).astype(self.cfg.dtype())
+        """Embeddings of tokenizer ids (mapped to rows under a ``vocab_subset``)."""
+        return self.embed(to_rows(self.cfg, tokens_BT)).astype(self.cfg.dtype())
 
     def head(self, x_BTD: jax.Array) -> jax.Array:
-        """The shared output head, fp32 logits (NUM-01)."""
+        """The shared output head, fp32 logits over the model's rows (NUM-01); ``logits``
+        and ``mtp_logits`` give them over the full vocabulary."""
         w = self.lm_head.kernel[...].astype(x_BTD.dtype)
         return jnp.einsum("btd,dv->btv", x_BTD, w, preferred_element_type=jnp.float32)
 
     def logits(self, h_BTD: jax.Array) -> jax.Array:
-        return self.head(self.final_norm(h_BTD))
+        """fp32 next-token logits over the tokenizer's full vocabulary."""
+        return full_vocab_logits(self.cfg, self.head(self.final_norm(h_BTD)))
 
     def mtp_hidden(self, h_BTD: jax.Array, next_tokens_BT: jax.Array) -> jax.Array:
         """MTP features at t from h_t and the embedding of token t+1 (predicts t+2)."""
         return self.mtp(self.embed_tokens(next_tokens_BT), h_BTD)
 
     def mtp_logits(self, h_BTD: jax.Array, next_tokens_BT: jax.Array) -> jax.Array:
-        return self.head(self.mtp_hidden(h_BTD, next_tokens_BT))
+        return full_vocab_logits(self.cfg, self.head(self.mtp_hidden(h_BTD, next_tokens_BT)))
 
     # ---- trunk ----------------------------------------------------------------------
     def hidden_states(

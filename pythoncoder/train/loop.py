@@ -90,7 +90,8 @@ def check_resume(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
 
     info = read_run_file(run_dir)
     saved_model, saved_train = info.get("model", {}), info.get("train", {})
-    now_model, now_train = dataclasses.asdict(model_cfg), dataclasses.asdict(train_cfg)
+    now_train = dataclasses.asdict(train_cfg)
+    now_model = json.loads(json.dumps(dataclasses.asdict(model_cfg)))  # tuples as in JSON
     checks = [("preset", saved_model.get("name"), model_cfg.name)]
     checks += [(f"train.{k}", saved_train.get(k), now_train[k])
                for k in ("seq_len", "micro_batch", "accum_steps")]
@@ -99,6 +100,11 @@ def check_resume(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
     if "data_manifest_sha256" in info:
         checks.append(("data manifest sha256", info["data_manifest_sha256"], data))
     for field, was, now in checks:
+        if was != now and field == "model.vocab_subset":
+            raise CheckpointError(
+                f"--resume: model.vocab_subset differs: the run in {run_dir} keeps "
+                f"{len(was or [])} token ids, this command {len(now)} (or other ids); "
+                f"pass the run's --vocab-rows and data")
         if was != now:
             raise CheckpointError(f"--resume: {field} differs: the run in {run_dir} has "
                                   f"{was!r}, this command has {now!r}")

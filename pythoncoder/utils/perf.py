@@ -82,7 +82,7 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     d, L = cfg.hidden_size, cfg.num_layers
     attn = d * cfg.q_width + 2 * d * cfg.kv_width + cfg.num_diff_heads * cfg.value_head_dim * d
     mlp = 3 * d * cfg.intermediate_size
-    head = d * cfg.vocab_size
+    head = d * cfg.model_vocab_rows
     mtp = 2 * d * d
     matmul_params = L * (attn + mlp) + 2 * head + mtp
     return 6.0 * matmul_params + L * 6.0 * seq_len * cfg.q_width

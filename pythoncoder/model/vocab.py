@@ -1,0 +1,74 @@
+"""A vocabulary subset: the model keeps rows for the K-1 ids a corpus uses most.
+
+The tiny CPU demo spends over 90% of its FLOPs in the 151,808-wide output head (main and
+MTP logits). With ``ModelConfig.vocab_subset`` set to ``K - 1`` sorted tokenizer ids, the
+embedding and the head have K rows: row ``r >= 1`` is ``vocab_subset[r - 1]`` and row 0,
+"other", stands for every id outside the subset.  Everything outside the model keeps the
+tokenizer's ids: ``to_rows`` maps ids to rows on the way in, and ``full_vocab_logits``
+expands the K logits to a distribution over the whole vocabulary on the way out, the
+"other" probability spread evenly over the ``vocab_size - (K - 1)`` ids it stands for:
+
+    log p(id) = logit[row(id)] - lse                       id in the subset
+    log p(id) = logit[0] - log(vocab_size - K + 1) - lse   any other id
+
+That is a proper distribution over the full vocabulary, so the training loss (which adds
+the same ``log(vocab_size - K + 1)`` for "other" targets, a constant that leaves the
+gradient alone) is the full-vocabulary cross-entropy and compares with a full model's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pythoncoder.model.config import ModelConfig
+
+
+def other_log_share(cfg: ModelConfig) -> float:
+    """log of the number of ids the "other" row stands for (0 without a subset)."""
+    return math.log(cfg.vocab_size - len(cfg.vocab_subset)) if cfg.vocab_subset else 0.0
+
+
+def to_rows(cfg: ModelConfig, ids: jax.Array) -> jax.Array:
+    """Tokenizer ids -> model rows (identity without a subset; 0 for ids outside it)."""
+    if not cfg.vocab_subset:
+        return ids
+    subset = jnp.asarray(cfg.vocab_subset, jnp.int32)
+    pos = jnp.searchsorted(subset, ids.astype(jnp.int32))
+    hit = subset[jnp.minimum(pos, subset.shape[0] - 1)] == ids
+    return jnp.where(hit, pos + 1, 0).astype(jnp.int32)
+
+
+def full_vocab_logits(cfg: ModelConfig, logits_K: jax.Array) -> jax.Array:
+    """Model-row logits ``[..., K]`` -> logits over the full vocabulary ``[..., vocab]``.
+
+    Their log-sum-exp equals the rows' (the "other" share is split, not added to)."""
+    if not cfg.vocab_subset:
+        return logits_K
+    other = logits_K[..., :1] - other_log_share(cfg)
+    full = jnp.broadcast_to(other, (*logits_K.shape[:-1], cfg.vocab_size))
+    subset = jnp.asarray(cfg.vocab_subset, jnp.int32)
+    return full.at[..., subset].set(logits_K[..., 1:])
+
+
+def frequent_ids(data_dir: str | Path, rows: int) -> tuple[int, ...]:
+    """The ``rows - 1`` ids the train split of prepared data uses most, sorted (ties go to
+    the lower id), for ``ModelConfig.vocab_subset``; fewer when fewer ids occur."""
+    from pythoncoder.data.shards import open_split
+    from pythoncoder.tokenizer import NUM_TOKENS
+
+    if rows < 2:
+        raise ValueError(f"a vocabulary subset needs at least 2 rows, got {rows}")
+    _, shards = open_split(data_dir, "train")
+    counts = np.zeros(NUM_TOKENS, np.int64)
+    for shard in shards:
+        for start in range(0, len(shard), 4096):
+            counts += np.bincount(np.asarray(shard[start:start + 4096]).ravel(),
+                                  minlength=NUM_TOKENS)[:NUM_TOKENS]
+    order = np.argsort(-counts, kind="stable")[: rows - 1]
+    order = order[counts[order] > 0]
+    return tuple(int(i) for i in np.sort(order))
