@@ -68,7 +68,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="prepared data dir (default: prepare the stdlib into the user cache)")
     p.add_argument("--out", default="runs/tiny", help="run directory (checkpoints, metrics)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="total optimizer steps (default for tiny: 120, about 10 min on 2 "
+                   help="total optimizer steps (default for tiny: 560, about 8 min on 2 "
                         "CPU cores; otherwise the plan from the data and --epochs)")
     p.add_argument("--tokens", type=positive_float, default=None,
                    help="tokens per epoch for the plan (default: the data's size)")

@@ -158,3 +158,36 @@ def test_jitted_train_step_learns_with_a_subset():
 
     losses = [float(step(model, opt)) for _ in range(15)]
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_export_round_trip_keeps_the_subset(model, tmp_path):
+    """safetensors + config.json carry the subset: the loaded model gives identical logits."""
+    pytest.importorskip("safetensors")
+    from pythoncoder.export import export_weights, load_weights
+
+    class _NoTokenizer:
+        def save(self, path: str) -> None:
+            with open(path, "w") as f:
+                f.write("{}")
+
+    export_weights(model, model.cfg, tmp_path, dtype="float32", tokenizer=_NoTokenizer())
+    loaded, cfg = load_weights(tmp_path)
+    assert cfg.vocab_subset == SUBSET and loaded.lm_head.kernel.shape[1] == len(SUBSET) + 1
+    tokens = jnp.asarray([[SUBSET[1], 7, 300, 401, 2]])
+    assert_allclose(np.asarray(loaded(tokens)), np.asarray(model(tokens)), rtol=0, atol=0)
+
+
+def test_resume_accepts_the_same_subset_and_names_a_different_one(tmp_path):
+    """run.json stores the subset as a JSON list; the same subset resumes, another refuses
+    in one short line (not 8k ids)."""
+    from pythoncoder.checkpoint import CheckpointError, write_run_files
+    from pythoncoder.train.config import TrainConfig
+    from pythoncoder.train.loop import check_resume
+
+    cfg, tcfg = _cfg(), TrainConfig(seq_len=16, micro_batch=2, accum_steps=1)
+    write_run_files(tmp_path, cfg, tcfg, {"total_steps": 1})
+    check_resume(tmp_path, cfg, tcfg, None)  # no error
+    with pytest.raises(CheckpointError, match=r"vocab_subset differs.*keeps 103 token ids, "
+                                              r"this command 102") as e:
+        check_resume(tmp_path, cfg.replace(vocab_subset=SUBSET[:-1]), tcfg, None)
+    assert len(str(e.value)) < 300

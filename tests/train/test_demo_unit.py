@@ -48,6 +48,12 @@ def test_demo_defaults_train_and_the_loss_falls(stdlib_slice, tmp_path):
     assert val[-1] < val[0] - 1.0, val
 
     code, out, err = _cli(["generate", "--run", str(run), "--prompt", "def f(x):",
-                           "--max-new-tokens", "8", "--temperature", "0"])
+                           "--max-new-tokens", "8", "--json"])
     assert code == 0, err[-3000:]
-    assert out.startswith("def f(x):") and len(out) > len("def f(x):")
+    result = json.loads(out)
+    tokens = result["tokens"][0]
+    assert len(tokens) == 8 and result["finish_reasons"] == ["length"]
+    # greedy ids come back in the tokenizer's vocabulary, and from the subset (an id
+    # outside it has 1/143,617 of the "other" row's probability)
+    assert all(0 <= t < 151_808 for t in tokens)
+    assert set(tokens) <= set(saved["vocab_subset"]), tokens
