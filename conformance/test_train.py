@@ -573,7 +573,7 @@ def test_signal_during_a_nonfinite_streak_reports_the_last_good_checkpoint(
     args = commands.argparse.Namespace(
         preset="tiny", compute_dtype=None, remat=None, steps=10, tokens=None, epochs=None,
         data=str(data_dir), mesh=None, out=str(tmp_path / "streak"), resume=False,
-        no_progress=True, peak_tflops=None, dropout=None)
+        no_progress=True, peak_tflops=None, dropout=None, vocab_rows=None)
     assert commands.run_train(args) == 75
     err = capsys.readouterr().err
     assert "no checkpoint at this step (a non-finite streak); resume starts from step 2" in err

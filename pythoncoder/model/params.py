@@ -78,5 +78,5 @@ def model_info(cfg: ModelConfig) -> dict[str, Any]:
             "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size,
             "max_position_embeddings": cfg.max_position_embeddings,
         },
-        "config": dataclasses.asdict(cfg),
+        "config": {**dataclasses.asdict(cfg), "vocab_subset": list(cfg.vocab_subset)},
     }
