@@ -38,7 +38,8 @@ def to_rows(cfg: ModelConfig, ids: jax.Array) -> jax.Array:
     if not cfg.vocab_subset:
         return ids
     subset = jnp.asarray(cfg.vocab_subset, jnp.int32)
-    pos = jnp.searchsorted(subset, ids.astype(jnp.int32))
+    ids = ids.astype(jnp.int32)
+    pos = jnp.searchsorted(subset, ids)
     hit = subset[jnp.minimum(pos, subset.shape[0] - 1)] == ids
     return jnp.where(hit, pos + 1, 0).astype(jnp.int32)
 

@@ -95,8 +95,10 @@ def check_resume(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
     checks = [("preset", saved_model.get("name"), model_cfg.name)]
     checks += [(f"train.{k}", saved_train.get(k), now_train[k])
                for k in ("seq_len", "micro_batch", "accum_steps")]
-    checks += [(f"model.{k}", saved_model.get(k), v) for k, v in now_model.items()
-               if k != "name"]
+    # a run from before a field existed has that field's default (vocab_subset: none)
+    absent = {"vocab_subset": []}
+    checks += [(f"model.{k}", saved_model.get(k, absent.get(k)), v)
+               for k, v in now_model.items() if k != "name"]
     if "data_manifest_sha256" in info:
         checks.append(("data manifest sha256", info["data_manifest_sha256"], data))
     for field, was, now in checks:

@@ -191,3 +191,10 @@ def test_resume_accepts_the_same_subset_and_names_a_different_one(tmp_path):
                                               r"this command 102") as e:
         check_resume(tmp_path, cfg.replace(vocab_subset=SUBSET[:-1]), tcfg, None)
     assert len(str(e.value)) < 300
+    # a run.json written before the field existed resumes with the full vocabulary only
+    run = json.loads((tmp_path / "run.json").read_text())
+    del run["model"]["vocab_subset"]
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    check_resume(tmp_path, cfg.replace(vocab_subset=()), tcfg, None)
+    with pytest.raises(CheckpointError, match="keeps 0 token ids, this command 103"):
+        check_resume(tmp_path, cfg, tcfg, None)
