@@ -51,6 +51,7 @@ from pythoncoder.infer.sampling import (
     speculative_accept,
 )
 from pythoncoder.model import KVCache, ModelConfig, PythonCoder
+from pythoncoder.model.vocab import full_vocab_logits, greedy_ids
 
 PAD_TOKEN = 0  # any id works: left-pad slots are masked by segment id 0
 SLOT_ALIGN = 128
@@ -119,6 +120,20 @@ def cached_forward(model: PythonCoder, cache: KVCache, tokens_BT: jax.Array, ind
                                segment_ids_BT=segment_ids_BT, cache=cache, cache_index=index)
 
 
+def _row_logits(model: PythonCoder, h_BTD: jax.Array) -> jax.Array:
+    """fp32 logits over the model's rows (the full vocabulary unless it has a subset)."""
+    return model.head(model.final_norm(h_BTD))
+
+
+def _choose(model: PythonCoder, rows_BK: jax.Array, key: jax.Array, sampling: SamplingConfig,
+            num_real: int) -> jax.Array:
+    """``sample(full_vocab_logits(rows))``; a greedy pick on a vocabulary-subset model is
+    made over its K rows (``greedy_ids``, the same token) instead of 151,808 logits."""
+    if sampling.greedy and model.cfg.vocab_subset:
+        return greedy_ids(model.cfg, rows_BK, num_real)
+    return sample(full_vocab_logits(model.cfg, rows_BK), key, sampling, num_real)
+
+
 def _prefill(model: PythonCoder, tokens_BP, pads_B, key, *, cache_len: int,
              sampling: SamplingConfig, num_real: int, all_logits: bool):
     B, P = tokens_BP.shape
@@ -126,9 +141,10 @@ def _prefill(model: PythonCoder, tokens_BP, pads_B, key, *, cache_len: int,
     seg_BP = (jnp.arange(P, dtype=jnp.int32).reshape(1, P) >= pads_B.reshape(B, 1)).astype(
         jnp.int32)
     h, cache = cached_forward(model, cache, tokens_BP, jnp.zeros((), jnp.int32), pads_B, seg_BP)
-    logits = model.logits(h if all_logits else h[:, -1:])
+    rows = _row_logits(model, h if all_logits else h[:, -1:])
+    logits = full_vocab_logits(model.cfg, rows)
     key, k = jax.random.split(key)
-    first = sample(logits[:, -1], k, sampling, num_real)
+    first = _choose(model, rows[:, -1], k, sampling, num_real)
     state = DecodeState(cache, jnp.asarray(P, jnp.int32), pads_B, first, h[:, -1], key)
     return state, StepOutput(first.reshape(B, 1), jnp.ones((B,), jnp.int32), None), logits
 
@@ -138,9 +154,10 @@ def _decode(model: PythonCoder, state: DecodeState, *, sampling: SamplingConfig,
     B = state.pending_B.shape[0]
     h, cache = cached_forward(model, state.cache, state.pending_B.reshape(B, 1), state.index,
                               state.offset_B, jnp.ones((B, 1), jnp.int32))
-    logits = model.logits(h)[:, 0]
+    rows = _row_logits(model, h)[:, 0]
+    logits = full_vocab_logits(model.cfg, rows)
     key, k = jax.random.split(state.key)
-    token = sample(logits, k, sampling, num_real)
+    token = _choose(model, rows, k, sampling, num_real)
     new = DecodeState(cache, state.index + 1, state.offset_B, token, h[:, 0], key)
     return new, StepOutput(token.reshape(B, 1), jnp.ones((B,), jnp.int32), None), logits
 
@@ -150,20 +167,22 @@ def _speculate(model: PythonCoder, state: DecodeState, *, sampling: SamplingConf
     B = state.pending_B.shape[0]
     key, k_draft, k_accept, k_next = jax.random.split(state.key, 4)
     x = state.pending_B.reshape(B, 1)
-    draft_logits = model.mtp_logits(state.hidden_BD.reshape(B, 1, -1), x)[:, 0]
-    draft = sample(draft_logits, k_draft, sampling, num_real)
+    draft_rows = model.head(model.mtp_hidden(state.hidden_BD.reshape(B, 1, -1), x))[:, 0]
+    draft_logits = full_vocab_logits(model.cfg, draft_rows)
+    draft = _choose(model, draft_rows, k_draft, sampling, num_real)
     both = jnp.concatenate([x, draft.reshape(B, 1)], axis=1)
     h, cache = cached_forward(model, state.cache, both, state.index, state.offset_B,
                               jnp.ones((B, 2), jnp.int32))
-    logits = model.logits(h)
+    rows = _row_logits(model, h)
+    logits = full_vocab_logits(model.cfg, rows)
     if sampling.greedy:
-        first = sample(logits[:, 0], k_accept, sampling, num_real)
+        first = _choose(model, rows[:, 0], k_accept, sampling, num_real)
         accepted = first == draft
     else:
         accepted, first = speculative_accept(
             probabilities(logits[:, 0], sampling, num_real),
             probabilities(draft_logits, sampling, num_real), draft, k_accept)
-    second = sample(logits[:, 1], k_next, sampling, num_real)
+    second = _choose(model, rows[:, 1], k_next, sampling, num_real)
 
     any_accepted = jnp.any(accepted)
     hole_B = any_accepted & ~accepted  # stale draft slot inside the kept range

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 PRESETS = ("tiny", "small", "1b")
-REMAT_POLICIES = ("none", "full", "dots", "names")
+REMAT_POLICIES = ("none", "full", "dots", "names", "auto")
 # "auto": the fused Pallas kernel on GPU/TPU, the reference (the definition of correctness)
 # on CPU, where Pallas only interprets.
 ATTENTION_IMPLS = ("auto", "reference", "pallas")
@@ -138,6 +138,14 @@ class ModelConfig:
             return self.attention_impl
         return "reference" if (backend or target_platform()) == "cpu" else "pallas"
 
+    @property
+    def built_remat_policy(self) -> str:
+        """The policy a built model applies: ``auto`` is resolved by the trainer
+        (``pythoncoder.train.remat.choose_remat``, by compiled memory) and means ``full``
+        in a model built without that step (inference does not differentiate, so it
+        does not matter there)."""
+        return "full" if self.remat_policy == "auto" else self.remat_policy
+
     def resolved_dropout_rng(self, backend: str | None = None) -> str:
         """The dropout PRNG implementation: ``auto`` is rbg on GPU/TPU, threefry on CPU."""
         if self.dropout_rng != "auto":
@@ -227,9 +235,10 @@ class ModelConfig:
 
 
 _PRESET_FIELDS: dict[str, dict[str, Any]] = {
-    "1b": dict(name="1b"),
+    "1b": dict(name="1b", remat_policy="auto"),
     "small": dict(
-        name="small", hidden_size=768, num_layers=12, head_dim=64, intermediate_size=2048,
+        name="small", remat_policy="auto", hidden_size=768, num_layers=12, head_dim=64,
+        intermediate_size=2048,
     ),
     "tiny": dict(
         name="tiny", hidden_size=128, num_layers=6, head_dim=16, intermediate_size=1024,

@@ -156,8 +156,8 @@ class PythonCoder(nnx.Module):
             return block(x, cos, sin, q_slots, segment_ids_BT, layer_id, key, deterministic,
                          layer_cache, cache_index)
 
-        policy = REMAT_POLICIES[cfg.remat_policy]
-        if cfg.remat_policy != "none":
+        policy = REMAT_POLICIES[cfg.built_remat_policy]
+        if cfg.built_remat_policy != "none":
             body = nnx.remat(body, policy=policy, prevent_cse=not cfg.scan_layers)
 
         if cfg.scan_layers:

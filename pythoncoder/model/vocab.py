@@ -73,3 +73,37 @@ def frequent_ids(data_dir: str | Path, rows: int) -> tuple[int, ...]:
     order = np.argsort(-counts, kind="stable")[: rows - 1]
     order = order[counts[order] > 0]
     return tuple(int(i) for i in np.sort(order))
+
+
+def row_ids(cfg: ModelConfig) -> np.ndarray:
+    """The tokenizer id each model row stands for, int32 ``[K]``: row ``r >= 1`` is
+    ``vocab_subset[r - 1]``, row 0 the smallest id outside the subset (the one a
+    full-vocabulary argmax picks among the "other" ids, which share one logit)."""
+    if not cfg.vocab_subset:
+        return np.arange(cfg.vocab_size, dtype=np.int32)
+    subset = np.asarray(cfg.vocab_subset, np.int64)
+    gaps = np.nonzero(subset != np.arange(len(subset)))[0]
+    first_other = int(gaps[0]) if len(gaps) else len(subset)
+    return np.concatenate([[first_other], subset]).astype(np.int32)
+
+
+def greedy_ids(cfg: ModelConfig, logits_K: jax.Array, num_real: int) -> jax.Array:
+    """``argmax`` over ids ``< num_real`` of ``full_vocab_logits(cfg, logits_K)``, int32,
+    computed over the K rows instead of the full vocabulary.
+
+    Equal to the full-vocabulary argmax, ties included (both take the smallest id of
+    the maximum; the "other" ids share one value, so the smallest of them is the
+    candidate).  Without a subset it is a plain argmax.
+    """
+    x = logits_K.astype(jnp.float32)
+    if not cfg.vocab_subset:
+        x = jnp.where(jnp.arange(x.shape[-1]) < num_real, x, -jnp.inf)
+        return jnp.argmax(x, axis=-1).astype(jnp.int32)
+    ids = jnp.asarray(row_ids(cfg))
+    x = x.at[..., 0].add(-other_log_share(cfg))
+    x = jnp.where(ids < num_real, x, -jnp.inf)
+    best = jnp.max(x, axis=-1, keepdims=True)
+    big = jnp.iinfo(jnp.int32).max
+    chosen = jnp.min(jnp.where(x == best, ids, big), axis=-1)
+    # a NaN maximum matches nothing: fall back to the row argmax picks (as argmax would)
+    return jnp.where(chosen == big, ids[jnp.argmax(x, axis=-1)], chosen).astype(jnp.int32)

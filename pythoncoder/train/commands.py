@@ -78,7 +78,10 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", type=mesh_shape, default=None, metavar="DATAxFSDP",
                    help="device mesh, e.g. 2x4 (default: all devices on fsdp)")
     p.add_argument("--compute-dtype", default=None, choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--remat", default=None, choices=["none", "full", "dots", "names"])
+    p.add_argument("--remat", default=None, choices=["none", "full", "dots", "names", "auto"],
+                   help="rematerialisation policy (default: the preset's; auto, for small "
+                        "and 1b, compiles the step per policy and takes the least "
+                        "recomputation that fits the device's memory)")
     p.add_argument("--dropout", type=dropout_rate, default=None,
                    help="dropout rate (default: the design's 0.1)")
     p.add_argument("--vocab-rows", type=nonnegative_int, default=None, metavar="N",

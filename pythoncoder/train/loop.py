@@ -33,7 +33,7 @@ from pythoncoder.checkpoint import (
     read_run_file,
     write_run_files,
 )
-from pythoncoder.model import ModelConfig, build_model
+from pythoncoder.model import ModelConfig, abstract_model, build_model
 from pythoncoder.train.config import RunPlan, TrainConfig, TrainConfigError, plan_run
 from pythoncoder.train.memory import abstract_train_state
 from pythoncoder.train.optimizer import make_optimizer
@@ -270,8 +270,16 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         state = jax.device_put(init_train_state(model, tx), shardings)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     del model
+    remat = None
+    if model_cfg.remat_policy == "auto":
+        from pythoncoder.train.remat import choose_remat
+
+        remat = choose_remat(model_cfg, train_cfg, tx, abstract, shardings, mesh, log=log)
+        graphdef, _ = nnx.split(abstract_model(model_cfg.replace(remat_policy=remat["policy"])),
+                                nnx.Param)
     write_run_files(run_dir, model_cfg, train_cfg, plan,
-                    data=str(Path(data_dir).absolute()), data_manifest_sha256=fingerprint)
+                    data=str(Path(data_dir).absolute()), data_manifest_sha256=fingerprint,
+                    **({"remat": remat} if remat else {}))
 
     step_fn = jax.jit(make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight),
                       in_shardings=(shardings, None, replicated(mesh)),
@@ -426,7 +434,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         "plan": plan, "steps_done": history["loss"][-1][0] if history["loss"] else start,
         "losses": [l for _, l in history["loss"]], "val_losses": history["val_loss"],
         "first_val_loss": first_val, "skipped": skipped_total, "plot": plot,
-        "final_params": state.params, "run_dir": run_dir,
+        "final_params": state.params, "run_dir": run_dir, "remat": remat,
         # a signal that arrives after the last step (final save, plot) ends a complete run
         "interrupted": stopped["by"] if stopped else None, "signal": sigterm.received,
         "resume_step": stopped["resume_step"] if stopped else None,

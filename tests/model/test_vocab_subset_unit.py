@@ -17,7 +17,14 @@ from numpy.testing import assert_allclose
 from pythoncoder.model import ModelConfig, build_model
 from pythoncoder.model.config import ConfigError
 from pythoncoder.model.loss import lm_loss
-from pythoncoder.model.vocab import frequent_ids, full_vocab_logits, other_log_share, to_rows
+from pythoncoder.model.vocab import (
+    frequent_ids,
+    full_vocab_logits,
+    greedy_ids,
+    other_log_share,
+    row_ids,
+    to_rows,
+)
 
 V = 512
 SUBSET = tuple(range(0, 200, 2)) + (300, 301, 499)  # 103 ids -> 104 rows
@@ -110,6 +117,56 @@ def test_greedy_generation_emits_subset_ids_only_and_speculation_agrees(model):
     assert all(len(t) == 12 and set(t) <= set(SUBSET) for t in plain)
     spec = engine.generate(prompts, max_new_tokens=12, eos_id=None, speculative=True).tokens
     assert spec == plain
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([SUBSET, (1, 2, 3, 40, 41, 500), (0, 1, 2, 3, 9)]),
+       st.integers(1, V), st.integers(0, 2**31 - 1))
+def test_greedy_ids_equal_the_full_vocabulary_argmax(subset, num_real, seed):
+    """The K-row greedy pick == argmax of the padding-masked 512-wide logits: integer-valued
+    logits make ties among rows, a large "other" logit makes the other ids win, and
+    num_real may cut off subset ids and the first "other" id."""
+    from pythoncoder.infer.sampling import mask_padding
+
+    cfg = _cfg().replace(vocab_subset=subset)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(-3, 4, size=(6, cfg.model_vocab_rows)).astype(np.float32)
+    rows[::2, 0] += 12.0  # "other" minus log(n_other) beats every subset row
+    # row 1: "other" ties exactly with the best subset row, the smallest subset id
+    share = np.float32(other_log_share(cfg))
+    rows[1, 0] = np.float32(3.0) + share
+    rows[1, 1:] = np.minimum(rows[1, 1:], 2.0)
+    rows[1, 1] = rows[1, 0] - share  # the same fp32 subtraction the model does
+    rows = jnp.asarray(rows)
+    want = jnp.argmax(mask_padding(full_vocab_logits(cfg, rows), num_real), axis=-1)
+    assert np.asarray(greedy_ids(cfg, rows, num_real)).tolist() == np.asarray(want).tolist()
+    ids = row_ids(cfg)
+    assert ids[0] not in subset and all(i in subset for i in range(ids[0]))
+    assert ids[1:].tolist() == list(subset)
+
+
+def test_engine_greedy_picks_over_rows_give_the_full_vocabulary_tokens(model, monkeypatch):
+    """Decode, speculation and the on-device loop choose greedy tokens over the K rows;
+    forcing the 512-wide full-vocabulary argmax instead gives the same tokens."""
+    import pythoncoder.infer.engine as E
+    from pythoncoder.infer.sampling import sample
+
+    prompts = [[SUBSET[3], 7, 300], [401, 1, 2, 3, 5]]
+
+    def run():
+        E._programs.cache_clear()
+        engine = E.Engine(model)
+        return [engine.generate(prompts, max_new_tokens=10, eos_id=None, speculative=s,
+                                device_loop=d).tokens
+                for s in (False, True) for d in (False, True)]
+
+    rows_pick = run()
+    monkeypatch.setattr(E, "_choose", lambda m, rows, key, sampling, num_real: sample(
+        full_vocab_logits(m.cfg, rows), key, sampling, num_real))
+    full_pick = run()
+    E._programs.cache_clear()
+    assert rows_pick == full_pick
+    assert all(t == rows_pick[0] for t in rows_pick)
 
 
 def test_config_round_trips_through_json_and_validates():

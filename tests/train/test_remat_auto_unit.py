@@ -1,0 +1,140 @@
+"""``remat_policy="auto"``: the trainer compiles the step per policy and takes the least
+recomputation whose compiled memory fits the device (``pythoncoder.train.remat``)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from pythoncoder.model import ModelConfig, abstract_model, build_model
+from pythoncoder.model.config import ConfigError
+from pythoncoder.train import remat as remat_mod
+from pythoncoder.train.config import TrainConfig
+from pythoncoder.train.memory import abstract_train_state
+from pythoncoder.train.optimizer import make_optimizer
+from pythoncoder.train.sharding import make_mesh, state_shardings
+
+
+def _cfg(**kw) -> ModelConfig:
+    base = dict(name="test", vocab_size=512, hidden_size=64, num_layers=2, head_dim=16,
+                intermediate_size=128, compute_dtype="float32", remat_policy="auto",
+                attn_block_size=64, loss_chunk_size=256, tpu_aligned=False)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = _cfg()
+    tcfg = TrainConfig(seq_len=128, micro_batch=4, accum_steps=1, warmup_steps=1)
+    tx, _ = make_optimizer(tcfg, total_steps=10)
+    mesh = make_mesh(1, 1, jax.devices()[:1])
+    abstract = abstract_train_state(abstract_model(cfg.replace(remat_policy="none")), tx)
+    shardings = state_shardings(abstract, mesh)
+    sizes = {p: remat_mod.compiled_step_bytes(cfg.replace(remat_policy=p), tcfg, tx, abstract,
+                                              shardings, mesh)
+             for p in remat_mod.REMAT_ORDER}
+    return cfg, tcfg, tx, abstract, shardings, mesh, sizes
+
+
+def test_keeping_activations_costs_compiled_memory(setup):
+    *_, sizes = setup
+    assert sizes["none"] > sizes["full"] > 0
+    assert sizes["dots"] >= sizes["full"]
+
+
+@pytest.mark.parametrize("budget", ["huge", "none-1", "full", "tiny"])
+def test_choose_takes_the_first_policy_that_fits(setup, budget):
+    cfg, tcfg, tx, abstract, shardings, mesh, sizes = setup
+    bytes_ = {"huge": 10 * sizes["none"], "none-1": sizes["none"] - 1, "full": sizes["full"],
+              "tiny": 1}[budget]
+    lines: list[str] = []
+    got = remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh,
+                                 budget_bytes=bytes_, log=lines.append)
+    fitting = [p for p in remat_mod.REMAT_ORDER if sizes[p] <= bytes_]
+    want = fitting[0] if fitting else "full"
+    assert got["policy"] == want
+    assert got["compiled_bytes"] == {p: sizes[p] for p in got["compiled_bytes"]}
+    # it stops compiling at the first fit, and says why each rejected policy was rejected
+    assert list(got["compiled_bytes"]) == list(
+        remat_mod.REMAT_ORDER[:remat_mod.REMAT_ORDER.index(want) + 1] if fitting
+        else remat_mod.REMAT_ORDER)
+    if budget == "huge":
+        assert want == "none" and len(lines) == 1
+    if budget == "none-1":
+        assert want != "none" and "none needs" in lines[0] and "over" in lines[0]
+    if budget == "tiny":
+        assert "no policy fits" in lines[-1]
+
+
+def test_cpu_budget_is_the_hosts_available_memory_shared_by_devices():
+    dev = jax.devices("cpu")[0]
+    got = remat_mod.device_memory_bytes(dev)
+    with open("/proc/meminfo") as f:
+        avail_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable"))
+    per_device = avail_kib * 1024 / len(jax.local_devices(backend="cpu"))
+    # MemFree (sysconf) <= MemAvailable; both move while the suite runs
+    assert 0 < got <= per_device * 1.1
+
+
+def test_auto_is_valid_builds_as_full_and_is_the_large_presets_default():
+    assert ModelConfig.preset("1b").remat_policy == "auto"
+    assert ModelConfig.preset("small").remat_policy == "auto"
+    assert ModelConfig.preset("tiny").remat_policy == "none"
+    assert _cfg().built_remat_policy == "full"
+    assert _cfg(remat_policy="dots").built_remat_policy == "dots"
+    with pytest.raises(ConfigError, match="remat_policy"):
+        _cfg(remat_policy="sometimes")
+    # a model built with "auto" computes exactly what "full" computes
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 512)
+    a = build_model(_cfg(), seed=3)(tokens)
+    b = build_model(_cfg(remat_policy="full"), seed=3)(tokens)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0)
+
+
+def test_train_resolves_auto_records_it_and_uses_it(tmp_path, monkeypatch):
+    """The loop picks by the device budget, trains with the chosen policy's graph, and
+    records the choice in run.json while the model config keeps ``auto`` (resume)."""
+    from pythoncoder.data.prepare import prepare
+    from pythoncoder.train import loop
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        body = "\n".join(f"    x{j} = {i} * {j} + len('{i}{j}')" for j in range(12))
+        (src / f"mod_{i}.py").write_text(f"def function_{i}(a, b):\n{body}\n    return a\n")
+    prepare([str(src)], tmp_path / "data", seq_len=16, val_fraction=0.1, num_workers=1,
+            progress=False)
+    cfg = _cfg(vocab_size=151_808, loss_chunk_size=64, attn_block_size=16)
+    tcfg = TrainConfig(seq_len=16, micro_batch=2, accum_steps=1, epochs=1, warmup_steps=1,
+                       steps_per_checkpoint=3, eval_batches=1)
+    mesh = make_mesh(1, 1, jax.devices()[:1])
+    tx, _ = make_optimizer(tcfg, total_steps=10)
+    abstract = abstract_train_state(abstract_model(cfg.replace(remat_policy="none")), tx)
+    shardings = state_shardings(abstract, mesh)
+    none_bytes = remat_mod.compiled_step_bytes(cfg.replace(remat_policy="none"), tcfg, tx,
+                                               abstract, shardings, mesh)
+    # a device that holds less than "none" needs (after the 0.9 headroom)
+    monkeypatch.setattr(remat_mod, "device_memory_bytes", lambda d: none_bytes)
+    used = []
+    real = loop.make_train_step
+
+    def spy(graphdef, *a, **kw):
+        used.append(nnx.merge(graphdef, nnx.state(abstract_model(cfg), nnx.Param)).cfg)
+        return real(graphdef, *a, **kw)
+
+    monkeypatch.setattr(loop, "make_train_step", spy)
+    lines: list[str] = []
+    out = loop.train(cfg, tcfg, tmp_path / "data", tmp_path / "run", total_steps=3,
+                     mesh=mesh, progress=False, log=lines.append)
+    chosen = out["remat"]["policy"]
+    assert chosen in ("dots", "full") and out["remat"]["compiled_bytes"]["none"] == none_bytes
+    assert [c.remat_policy for c in used] == [chosen]
+    assert any(line.startswith("remat auto: none needs") for line in lines)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["model"]["remat_policy"] == "auto" and info["remat"]["policy"] == chosen
+    assert np.isfinite(out["losses"]).all()
