@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pythoncoder.model import ModelConfig, build_model
+from pythoncoder.model import ModelConfig, abstract_model, build_model
 from pythoncoder.train.config import TrainConfig
 from pythoncoder.train.optimizer import make_optimizer
 from pythoncoder.train.step import init_train_state, make_train_step, split_model
@@ -57,8 +57,18 @@ def setup(request):
     preset, seq, micro, accum = _shape(request.config)
     cfg = ModelConfig.preset(preset)
     tcfg = TrainConfig(seq_len=seq, micro_batch=micro, accum_steps=accum, warmup_steps=0)
-    model = build_model(cfg, seed=0)
     tx, _ = make_optimizer(tcfg, total_steps=1000, warmup_steps=0)
+    if cfg.remat_policy == "auto":  # resolved as `pythoncoder train` resolves it
+        from pythoncoder.train.memory import abstract_train_state
+        from pythoncoder.train.remat import choose_remat
+        from pythoncoder.train.sharding import make_mesh, state_shardings
+
+        mesh = make_mesh(1, 1, jax.devices()[:1])
+        abstract = abstract_train_state(abstract_model(cfg), tx)
+        policy = choose_remat(cfg, tcfg, tx, abstract, state_shardings(abstract, mesh),
+                              mesh)["policy"]
+        cfg = cfg.replace(remat_policy=policy)
+    model = build_model(cfg, seed=0)
     graphdef, _ = split_model(model)
     state = init_train_state(model, tx)
     del model

@@ -11,7 +11,7 @@ chip: the 1b preset needs ``full`` on a 32 GiB v6e, while an 80+ GiB GPU holds m
 abstract inputs, nothing allocated) for each policy in ``REMAT_ORDER`` and takes the first
 whose compiled memory (arguments + outputs - donated aliases + temporaries, per device) is
 within ``headroom`` of the device's memory: the accelerator's ``bytes_limit``, or on a CPU
-the host's available memory shared by its local devices.  When none fits it takes
+the host's available memory shared by the mesh's devices in this process.  When none fits it takes
 ``full`` and says so (the compiler's out-of-memory error then names the shortfall).  The
 cost is one extra compile per policy that does not fit.
 """
@@ -36,22 +36,33 @@ HEADROOM = 0.9  # of the device memory: allocator fragmentation, the data prefet
 GIB = 1024**3
 
 
-def device_memory_bytes(device: Any) -> int | None:
+def device_memory_bytes(device: Any, sharing: int = 1) -> int | None:
     """The memory one device may use: ``bytes_limit`` of an accelerator; on a CPU the
-    host's available memory divided among the process's local devices."""
+    host's available memory (``MemAvailable``) split among the ``sharing`` devices of the
+    mesh that live in this process (fake CPU devices share one host's RAM)."""
     try:
         stats = device.memory_stats()
     except Exception:  # noqa: BLE001 - backends without memory stats
         stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    if device.platform == "cpu":
+    if device.platform != "cpu":
+        return None
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
         try:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError):
             return None
-        return int(avail) // max(len(jax.local_devices(backend="cpu")), 1)
-    return None
+    return int(avail) // max(sharing, 1)
 
 
 def compiled_step_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
@@ -82,7 +93,8 @@ def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstra
     ``budget_bytes`` defaults to ``headroom`` x ``device_memory_bytes`` of the mesh's
     first device; with no figure at all (an unknown backend) the answer is ``full``."""
     if budget_bytes is None:
-        limit = device_memory_bytes(mesh.devices.flat[0])
+        here = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        limit = device_memory_bytes(mesh.devices.flat[0], sharing=len(here))
         budget_bytes = int(limit * headroom) if limit else None
     if budget_bytes is None:
         log("remat auto: the device reports no memory size; using full")
