@@ -313,6 +313,26 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _remove_stale_builds(out_dir: Path) -> None:
+    """Delete ``.<out>.prepare-<pid>`` build directories whose process no longer runs on
+    this host (a prepare killed by SIGKILL or an untrapped signal leaves its half-built
+    shards there); a live one, another prepare in progress, is left alone."""
+    for old in out_dir.parent.glob(f".{out_dir.name}.prepare-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and old.is_dir()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal, which also means alive)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        print(f"prepare: removing {old}, left by process {pid} that no longer runs",
+              file=sys.stderr)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def prepare(
     sources: list[str | Path],
     out_dir: str | Path,
@@ -354,6 +374,7 @@ def prepare(
             raise FileNotFoundError(f"source not found: {source}")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.prepare-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

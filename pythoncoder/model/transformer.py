@@ -50,7 +50,8 @@ class Block(nnx.Module):
 
     def __call__(self, x, cos, sin, q_slots, segment_ids, layer_index, dropout_key,
                  deterministic: bool, cache: KVCache | None = None, cache_index=None):
-        k_attn, k_mlp = jax.random.split(dropout_key)
+        # deterministic: no dropout, so no keys (``dropout_key`` is then a placeholder)
+        k_attn, k_mlp = (None, None) if deterministic else jax.random.split(dropout_key)
         a, cache = self.attn(self.attn_norm(x), cos, sin, q_slots, segment_ids, layer_index,
                              cache, cache_index)
         a = checkpoint_name(a, "attn_out")
@@ -146,8 +147,10 @@ class PythonCoder(nnx.Module):
         positions_BT = q_slots if positions_BT is None else positions_BT
         if not deterministic and dropout_key is None:
             raise ValueError("deterministic=False needs a dropout_key")
-        base_key = jax.random.PRNGKey(0) if dropout_key is None else dropout_key
-        layer_keys = jax.random.split(dropout_keys(base_key, cfg), cfg.num_layers)
+        if deterministic:  # inference and eval derive no random keys at all
+            layer_keys = jnp.zeros((cfg.num_layers,), jnp.uint32)
+        else:
+            layer_keys = jax.random.split(dropout_keys(dropout_key, cfg), cfg.num_layers)
         cos, sin = rope_cos_sin(positions_BT, cfg)
         x = self.embed_tokens(tokens_BT)
         layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)

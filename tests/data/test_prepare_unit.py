@@ -128,6 +128,33 @@ def test_cli_prepare(tmp_path, capsys):
     assert rc == 0 and m["stats"]["files_seen"] == 6 and m["sources"][0].startswith("stdlib:")
 
 
+def test_prepare_removes_build_dirs_of_dead_processes_only(tmp_path, capsys):
+    """A prepare killed hard leaves ``.<out>.prepare-<pid>``; the next prepare of the same
+    ``--out`` deletes it, and leaves a live process's build (another prepare) alone."""
+    import subprocess
+    import sys
+
+    synthetic.write_corpus(tmp_path / "src", 4, min_chars=300)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".out.prepare-{dead.pid}"
+        busy = tmp_path / f".out.prepare-{live.pid}"
+        other = tmp_path / f".other.prepare-{dead.pid}"  # another --out: not ours
+        for d in (stale, busy, other):
+            d.mkdir()
+            (d / "train-00000.npy").write_bytes(b"half")
+        prep.prepare([tmp_path / "src"], tmp_path / "out", seq_len=SEQ, num_workers=1,
+                     progress=False)
+        assert not stale.exists() and busy.is_dir() and other.is_dir()
+        assert f"left by process {dead.pid}" in capsys.readouterr().err
+        assert shards.read_manifest(tmp_path / "out")["stats"]["files_kept"] == 4
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_ensure_stdlib_data_prepares_once(tmp_path, monkeypatch):
     path = prep.ensure_stdlib_data(SEQ, tmp_path, max_files=25, num_workers=1, progress=False)
     m = shards.read_manifest(path)
