@@ -72,8 +72,11 @@ def cfg() -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def engines(cfg):
-    return {"random": Engine(build_model(cfg, seed=0)),
-            "agreeable": Engine(agreeable_model(cfg, seed=0, trunk_scale=0.01, mtp_noise=0.3))}
+    out = {"random": Engine(build_model(cfg, seed=0)),
+           "agreeable": Engine(agreeable_model(cfg, seed=0, trunk_scale=0.01, mtp_noise=0.3))}
+    if jax.default_backend() == "gpu":  # the Pallas decode kernel (DIFF-06a), same weights
+        out["kernel"] = Engine(build_model(cfg.replace(attention_impl="pallas"), seed=0))
+    return out
 
 
 def step_bytes(engine: Engine, batch: int, context: float, *, with_mtp: bool) -> float:
@@ -94,10 +97,15 @@ def step_bytes(engine: Engine, batch: int, context: float, *, with_mtp: bool) ->
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("mode", ["plain", "speculative", "speculative-agreeable"])
+@pytest.mark.parametrize("mode", ["plain", "speculative", "speculative-agreeable",
+                                  "plain-decode-kernel"])
 def test_decode_tokens_per_second(benchmark, engines, bandwidth, batch, mode):
-    engine = engines["agreeable" if mode.endswith("agreeable") else "random"]
-    speculative = mode != "plain"
+    if mode == "plain-decode-kernel" and "kernel" not in engines:
+        pytest.skip("the Pallas decode kernel is timed on GPU only (interpret mode on CPU "
+                    "is not a speed figure; TPU decodes through the XLA live-prefix path)")
+    engine = engines["agreeable" if mode.endswith("agreeable") else
+                     "kernel" if mode.endswith("kernel") else "random"]
+    speculative = mode.startswith("speculative")
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 151_643 if engine.cfg.vocab_size > 151_643
                             else engine.cfg.vocab_size, PROMPT).tolist() for _ in range(batch)]

@@ -16,7 +16,9 @@ backward pass never holds more than one block's score maps.  It is the definitio
 correctness.  ``differential_attention`` is the one dispatch point between it and the fused
 Pallas kernel (``pythoncoder.model.kernels.diff_attention``), chosen by
 ``ModelConfig.attention_impl``; the kernel covers self-attention (training, cache-less
-prefill), and the KV-cache paths (decode, speculative verification) always use the reference.
+prefill).  The KV-cache paths (decode, speculative verification) use the live-prefix XLA
+path (``model/live_attention.py``), or the Pallas decode kernel
+(``kernels/diff_decode.py``) when ``attention_impl`` is set to ``"pallas"``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pythoncoder.model.config import ModelConfig, lambda_init
+from pythoncoder.model.config import ModelConfig, lambda_init, target_platform
 from pythoncoder.model.layers import RMSNorm, dense
 from pythoncoder.model.rope import apply_rope
 
 LAMBDA_DOT_CLIP = 10.0
+# Cached calls with at most this many queries may take the Pallas decode kernel (its query
+# tile holds a KV group's heads x the queries); longer ones (prefill) take the XLA path.
+DECODE_KERNEL_MAX_QUERIES = 8
 MASK_VALUE = -1e30
 
 
@@ -148,12 +153,21 @@ def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg:
     """The one dispatch point: the fused kernel or the reference, per ``cfg.attention_impl``.
 
     ``self_attention`` (no KV cache: query ``t`` at slot ``t``, keys = queries) is the path
-    the kernel covers; with a cache (``live_len`` = slots filled so far) the live-prefix
-    XLA path reads only the cache blocks below ``live_len``, whatever the setting."""
+    the training kernel covers.  With a cache (``live_len`` = slots filled so far) and at
+    most ``DECODE_KERNEL_MAX_QUERIES`` queries (decode, speculative verification),
+    ``attention_impl="pallas"`` set explicitly takes the decode kernel (not on TPU); every
+    other cached call (``auto``, the reference, prefill) takes the live-prefix XLA path,
+    which reads only the cache blocks below ``live_len``."""
     impl = cfg.resolved_attention_impl()
     if self_attention and impl != "reference":
         return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
                                        block=cfg.attn_block_size)
+    if (live_len is not None and cfg.attention_impl == "pallas"
+            and q.shape[1] <= DECODE_KERNEL_MAX_QUERIES and target_platform() != "tpu"):
+        from pythoncoder.model.kernels.diff_decode import decode_diff_attention
+
+        return decode_diff_attention(q, k, v, lam, q_slots, k_seg, q_seg, live_len,
+                                     gqa_ratio=cfg.gqa_ratio)
     if live_len is not None:
         from pythoncoder.model.live_attention import live_differential_map
 
