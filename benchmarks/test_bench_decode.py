@@ -14,7 +14,7 @@ means the drafts paid for themselves.
 
 Default (``auto``): the ``1b`` preset on TPU/GPU, ``tiny`` on CPU, random weights (so MTP
 drafts are almost never accepted: speculation's worst case), plus an "agreeable" random
-model whose MTP head agrees often (``pythoncoder.infer.synthetic``).
+model whose MTP head agrees often (``pythoncoder.testing.models``).
 ``PYTHONCODER_BENCH_DECODE_PRESET=tiny|small|1b`` selects another preset;
 ``PYTHONCODER_BENCH_DECODE_NEW`` and ``..._PROMPT`` set the lengths.
 
@@ -34,8 +34,8 @@ import numpy as np
 import pytest
 
 from pythoncoder.infer.engine import Engine, left_pad
-from pythoncoder.infer.synthetic import agreeable_model
 from pythoncoder.model import ModelConfig, build_model
+from pythoncoder.testing.models import agreeable_model
 from pythoncoder.utils import perf
 
 PRESET = os.environ.get("PYTHONCODER_BENCH_DECODE_PRESET", "auto")

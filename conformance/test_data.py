@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythoncoder.data import shards, sources, synthetic
+from pythoncoder.data import shards, sources
 from pythoncoder.data.loader import make_loader
 from pythoncoder.data.prepare import prepare, split_of
 from pythoncoder.data.tokenizer import (
@@ -32,6 +32,7 @@ from pythoncoder.data.tokenizer import (
     tokenizer_fingerprint,
 )
 from pythoncoder.spec import check_values
+from pythoncoder.testing import corpus as synthetic
 
 SEQ_LEN = 64
 VAL_FRACTION = 0.2

@@ -117,7 +117,7 @@ def test_generation_through_the_decode_kernel_equals_the_reference(make_micro, m
     kernel; greedy tokens equal the reference path's, plain and speculative, and the
     cached logits agree to fp32 rounding."""
     from pythoncoder.infer.engine import Engine
-    from pythoncoder.infer.synthetic import agreeable_model
+    from pythoncoder.testing.models import agreeable_model
 
     cfg = make_micro(num_layers=2, attn_block_size=8)
     prompts = [[5, 9, 2, 7, 1], [3, 3, 8]]

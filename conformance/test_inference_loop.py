@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from pythoncoder.infer.engine import Engine
 from pythoncoder.infer.sampling import SamplingConfig
 from pythoncoder.infer.stops import TextStopper
-from pythoncoder.infer.synthetic import agreeable_model
 from pythoncoder.model.attention import attention_mask, blocked_differential_map
 from pythoncoder.model.live_attention import buckets, live_differential_map
+from pythoncoder.testing.models import agreeable_model
 
 PROMPT_LEN, MAX_NEW = 16, 20
 RTOL = ATOL = 1e-6

@@ -2,7 +2,7 @@
 
 Greedy speculation must give exactly the plain greedy tokens.  Random models draft
 almost nothing right (acceptance ~1/vocab), which would leave the accept path untested,
-so the property also draws "agreeable" random models (``pythoncoder.infer.synthetic``)
+so the property also draws "agreeable" random models (``pythoncoder.testing.models``)
 whose acceptance ranges from a few percent to 100%, with rows of one batch accepting and
 rejecting independently.  The sampling variant is checked against exact probabilities.
 """
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from pythoncoder.infer.engine import Engine, left_pad
 from pythoncoder.infer.sampling import SamplingConfig, filtered_logits, speculative_accept
-from pythoncoder.infer.synthetic import agreeable_model
 from pythoncoder.model import build_model
+from pythoncoder.testing.models import agreeable_model
 
 PROMPT_LEN, CACHE_LEN, MAX_NEW = 16, 64, 24
 

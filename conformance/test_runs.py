@@ -559,6 +559,18 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
 
 
 @pytest.mark.req("RUN-08")
+def test_a_fresh_run_drops_the_temporary_of_a_killed_first_save(tmp_path, data_dir):
+    """A run killed during its first save leaves only an Orbax temporary: a fresh ``train``
+    into that directory (nothing to resume) starts, and the temporary is gone."""
+    mcfg, tcfg = micro_cfgs()
+    tmp = tmp_path / "run" / "checkpoints" / "2.orbax-checkpoint-tmp-1234567"
+    (tmp / "params").mkdir(parents=True)
+    out = quiet_train(mcfg, tcfg, data_dir, tmp_path / "run", total_steps=2)
+    assert out["steps_done"] == 2 and not tmp.exists()
+    assert Checkpointer(tmp_path / "run", read_only=True).all_steps() == [2]
+
+
+@pytest.mark.req("RUN-08")
 def test_what_a_kill_leaves_is_cleaned_and_the_step_saved_again(tmp_path):
     """The states SIGKILL can leave: an Orbax temporary, a finalised step with no manifest."""
     save_steps(tmp_path, [1, 2, 3])

@@ -12,9 +12,9 @@ import optax
 import pytest
 from flax import nnx
 
+from pythoncoder.checkpoint import Checkpointer, CheckpointError, restore_model
 from pythoncoder.model import ModelConfig, build_model
 from pythoncoder.spec import check_values
-from pythoncoder.train.checkpoint import Checkpointer, CheckpointError, restore_model
 from pythoncoder.train.config import TrainConfig, plan_run
 from pythoncoder.train.loop import NonFiniteError, train
 from pythoncoder.train.memory import train_step_memory

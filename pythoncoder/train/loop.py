@@ -246,9 +246,11 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         raise CheckpointError(f"{run_dir} already holds checkpoints (steps {existing}); pass "
                               "--resume to continue that run, or choose another --out")
     ckpt = Checkpointer(run_dir, keep=train_cfg.keep_checkpoints)
+    # Orbax temporaries of a killed save are never a finalised step: a resume drops them,
+    # and so does a fresh start (a first save killed leaves nothing but them).
+    ckpt.remove_partial_saves()
     meta: dict[str, Any] = {}
     if resume:
-        ckpt.remove_partial_saves()
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
         state, meta = ckpt.restore(target, log=log)

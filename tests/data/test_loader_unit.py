@@ -8,7 +8,7 @@ import pytest
 from pythoncoder.data import loader as loader_lib
 from pythoncoder.data import shards
 from pythoncoder.data.prepare import prepare
-from pythoncoder.data.synthetic import write_corpus
+from pythoncoder.testing.corpus import write_corpus
 
 SEQ = 16
 

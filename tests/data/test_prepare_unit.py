@@ -11,8 +11,9 @@ import pytest
 
 from pythoncoder.cli import main as cli_main
 from pythoncoder.data import prepare as prep
-from pythoncoder.data import shards, sources, synthetic
+from pythoncoder.data import shards, sources
 from pythoncoder.data.tokenizer import EOS_ID, encode_documents, load_tokenizer
+from pythoncoder.testing import corpus as synthetic
 
 SEQ = 16
 
