@@ -24,7 +24,6 @@ import concurrent.futures
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from pythoncoder.utils.files import atomic_write_text, file_sha256
 
 RUN_FILE = "run.json"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -79,9 +80,7 @@ def write_run_files(run_dir: str | Path, model_cfg: Any, train_cfg: Any, plan: A
     info = {"model": _as_dict(model_cfg), "train": _as_dict(train_cfg), "plan": _as_dict(plan),
             **extra}
     for name, payload in ((RUN_FILE, info), (MODEL_CONFIG_FILE, info["model"])):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(run_dir / name)
+        atomic_write_text(run_dir / name, json.dumps(payload, indent=2))
 
 
 def read_run_file(run_dir: str | Path) -> dict[str, Any]:
@@ -175,11 +174,6 @@ def _pid_alive(pid: str) -> bool:
 
 
 # ---------------------------------------------------------------- manifests
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _files(step_dir: Path) -> list[Path]:
     return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
 
@@ -187,15 +181,11 @@ def _files(step_dir: Path) -> list[Path]:
 def write_manifest(step_dir: str | Path, step: int) -> Path:
     """Record the sha256 and size of every file in ``step_dir``; written last, atomically."""
     step_dir = Path(step_dir)
-    files = {str(p.relative_to(step_dir)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    files = {str(p.relative_to(step_dir)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
              for p in _files(step_dir)}
     payload = {"format": MANIFEST_FORMAT, "step": step, "files": files}
-    tmp = step_dir / f".{MANIFEST}.tmp"
-    with tmp.open("w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(step_dir / MANIFEST)
+    atomic_write_text(step_dir / MANIFEST, json.dumps(payload, indent=1, sort_keys=True),
+                      fsync=True)
     return step_dir / MANIFEST
 
 
@@ -221,7 +211,7 @@ def verify_step(step_dir: str | Path, step: int) -> None:
         if p.stat().st_size != entry["bytes"]:
             raise CorruptCheckpointError(step, f"{name} has {p.stat().st_size} bytes, "
                                                f"expected {entry['bytes']} (truncated?)")
-        if _sha256(p) != entry["sha256"]:
+        if file_sha256(p) != entry["sha256"]:
             raise CorruptCheckpointError(step, f"{name} does not match its sha256")
 
 

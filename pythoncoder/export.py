@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ import numpy as np
 from flax import nnx
 
 from pythoncoder.model import ModelConfig, PythonCoder, abstract_model
+from pythoncoder.utils.files import atomic_write
 
 FORMAT = "pythoncoder-safetensors"
 FORMAT_VERSION = 1
@@ -111,29 +110,18 @@ def export_weights(model: PythonCoder, cfg: ModelConfig, out_dir: str | Path, *,
     bad = [n for n, a in tensors.items() if not np.isfinite(a.astype(np.float32)).all()]
     if bad:
         raise ExportError(f"refusing to export non-finite parameters: {bad[:5]}")
-    _atomic(out / WEIGHTS_FILE, lambda tmp: save_file(
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(
         tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}))
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype,
               "model_config": dataclasses.asdict(cfg)}
-    _atomic(out / CONFIG_FILE,
+    atomic_write(out / CONFIG_FILE,
             lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     if tokenizer is None:
         from pythoncoder.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer()
-    _atomic(out / TOKENIZER_FILE, lambda tmp: tokenizer.save(tmp))
+    atomic_write(out / TOKENIZER_FILE, lambda tmp: tokenizer.save(tmp))
     return out
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_config(weights_dir: str | Path) -> tuple[ModelConfig, str]:

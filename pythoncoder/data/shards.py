@@ -19,16 +19,15 @@ bytes and sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pythoncoder.data.tokenizer import EOS_ID
+from pythoncoder.utils.files import atomic_write, atomic_write_text, file_sha256
 
 FORMAT = "pythoncoder-shards/1"
 MANIFEST = "manifest.json"
@@ -54,53 +53,27 @@ def segment_ids(tokens: np.ndarray, eos_id: int = EOS_ID) -> np.ndarray:
     return (np.cumsum(is_eos, axis=-1, dtype=np.int32) - is_eos + 1).astype(np.int32)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-
-
 def write_shard(path: str | Path, rows: np.ndarray) -> dict[str, Any]:
     """Atomically write ``rows`` (uint32, 2-D) as ``.npy``; return its manifest entry."""
     path = Path(path)
     rows = np.ascontiguousarray(rows, dtype=SHARD_DTYPE)
     if rows.ndim != 2:
         raise ValueError(f"shard rows must be 2-D, got shape {rows.shape}")
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    entry: dict[str, Any] = {}
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             np.save(f, rows, allow_pickle=False)
-        sha = file_sha256(tmp)
-        size = os.path.getsize(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; shards are plain data files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return {"file": path.name, "rows": int(rows.shape[0]), "tokens": int(rows.size),
-            "bytes": size, "sha256": sha}
+        entry.update(bytes=os.path.getsize(tmp), sha256=file_sha256(tmp))  # what is renamed
+
+    atomic_write(path, save)
+    return {"file": path.name, "rows": int(rows.shape[0]), "tokens": int(rows.size), **entry}
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Atomically write ``manifest.json``."""
     path = Path(out_dir) / MANIFEST
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -20,7 +20,6 @@ import base64
 import hashlib
 import importlib.resources
 import os
-import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +34,8 @@ from tokenizers import (
     pre_tokenizers,
     processors,
 )
+
+from pythoncoder.utils.files import atomic_write_text, file_sha256
 
 # The Qwen2 split regex (TOK-01), applied after NFC.
 PAT_STR = (
@@ -189,33 +190,11 @@ def build_tokenizer(ranks: dict[bytes, int] | None = None) -> Tokenizer:
     return tok
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cached_tokenizer_path(source: str | Path | None = None) -> Path:
     """Where the tokenizer built from ``source`` ranks is cached (keyed by their hash)."""
     source = ranks_path() if source is None else Path(source)
-    key = hashlib.sha256(f"{_file_sha256(source)}:{_BUILD_VERSION}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{file_sha256(source)}:{_BUILD_VERSION}".encode()).hexdigest()[:16]
     return cache_dir() / "tokenizers" / f"qwen2.5-coder-{key}.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_tokenizer(tok: Tokenizer, origin: str = "tokenizer") -> None:

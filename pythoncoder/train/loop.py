@@ -45,6 +45,7 @@ from pythoncoder.train.sharding import (
     state_shardings,
 )
 from pythoncoder.train.step import init_train_state, make_eval_step, make_train_step
+from pythoncoder.utils.files import atomic_write_text
 from pythoncoder.utils.perf import nominal_peak_flops, train_flops_per_token
 
 
@@ -123,9 +124,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 kept.append(line)
         except ValueError:
             continue  # a torn last line from a kill
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
 def _reshape_batch(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
