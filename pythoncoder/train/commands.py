@@ -247,7 +247,10 @@ def configure_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--accum-steps", type=int, default=8)
-    p.add_argument("--remat", default="full", choices=["none", "full", "dots", "names"])
+    p.add_argument("--remat", default="full", choices=["none", "full", "dots", "names", "auto"],
+                   help="remat policy to compile; auto compiles none, dots, full in turn and "
+                        "stops at the first within 90%% of the device memory (32 GiB for "
+                        "--topology v6e-1), as train's auto does")
     p.add_argument("--compute-dtype", default="bfloat16",
                    choices=["auto", "float32", "bfloat16"])
     p.add_argument("--topology", default=None, choices=["v6e-1"],
@@ -260,22 +263,60 @@ def configure_memory(p: argparse.ArgumentParser) -> None:
 def run_memory(args: argparse.Namespace) -> int:
     from pythoncoder.train.config import TrainConfig
     from pythoncoder.train.memory import train_step_memory
+    from pythoncoder.train.remat import is_out_of_memory
 
     model_cfg = ModelConfig.preset(args.preset, remat_policy=args.remat,
                                    compute_dtype=args.compute_dtype)
     train_cfg = TrainConfig(micro_batch=args.micro_batch, seq_len=args.seq_len,
                             accum_steps=args.accum_steps)
-    try:
-        report = train_step_memory(model_cfg, train_cfg, topology=args.topology)
-    except RuntimeError as e:
-        print(f"pythoncoder memory: {e}; falling back to the local compiler", file=sys.stderr)
-        report = train_step_memory(model_cfg, train_cfg)
+    topology = args.topology
+    if args.remat == "auto":
+        import jax
+
+        from pythoncoder.train.remat import HEADROOM, REMAT_ORDER, device_memory_bytes
+
+        candidates = [model_cfg.replace(remat_policy=p) for p in REMAT_ORDER]
+    else:
+        candidates = [model_cfg]
+    tried: dict[str, int | None] = {}
+    report = None
+    for cfg in candidates:
+        try:
+            report = train_step_memory(cfg, train_cfg, topology=topology)
+        except RuntimeError as e:
+            if is_out_of_memory(e):  # the TPU compiler refuses what exceeds HBM
+                print(f"remat {cfg.remat_policy}: does not fit: {str(e).splitlines()[0]}",
+                      file=sys.stderr)
+                if args.remat != "auto" or cfg is candidates[-1]:
+                    return 1
+                tried[cfg.remat_policy] = None
+                continue
+            print(f"pythoncoder memory: {e}; falling back to the local compiler",
+                  file=sys.stderr)
+            topology = None
+            report = train_step_memory(cfg, train_cfg)
+        tried[cfg.remat_policy] = report["total_bytes"]
+        if args.remat != "auto":
+            break
+        device_bytes = (32 * 2**30 if topology else
+                        device_memory_bytes(jax.devices()[0]) or 32 * 2**30)
+        budget = int(HEADROOM * device_bytes)
+        fits = report["total_bytes"] <= budget
+        print(f"remat {cfg.remat_policy}: {report['total_gib']:.2f} GiB "
+              f"({'fits' if fits else 'over'} the {budget / 2**30:.2f} GiB budget)",
+              file=sys.stderr)
+        report["remat_auto"] = {"budget_bytes": budget, "chosen": cfg.remat_policy,
+                                "compiled_bytes": dict(tried)}
+        if fits:
+            break
     report["train_config"] = dataclasses.asdict(train_cfg)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"{args.preset} train step at {args.micro_batch}x{args.seq_len} "
-              f"(accum {args.accum_steps}, remat {args.remat}) compiled by {report['compiler']}:")
+              f"(accum {args.accum_steps}, remat {report['remat_policy']}"
+              f"{' by auto' if args.remat == 'auto' else ''}) compiled by "
+              f"{report['compiler']}:")
         for k in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "total_bytes"):
             print(f"  {k:<16}{report[k] / 2**30:8.2f} GiB")
         print(f"  fits 32 GiB: {report['fits_32gib']}")

@@ -85,10 +85,18 @@ def compiled_step_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any,
             - int(mem.alias_size_in_bytes) + int(mem.temp_size_in_bytes))
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """An XLA compile or run that ran out of device memory (TPU: ``RESOURCE_EXHAUSTED`` at
+    compile time, when the program's temporaries exceed HBM)."""
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
+
+
 def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
                  shardings: Any, mesh: Any, *, budget_bytes: int | None = None,
                  headroom: float = HEADROOM, log=print) -> dict[str, Any]:
-    """Resolve ``remat_policy="auto"``: ``{"policy", "budget_bytes", "compiled_bytes"}``.
+    """Resolve ``remat_policy="auto"``: ``{"policy", "budget_bytes", "compiled_bytes"}``
+    (``None`` for a policy the compiler itself refused as out of memory).
 
     ``budget_bytes`` defaults to ``headroom`` x ``device_memory_bytes`` of the mesh's
     first device; with no figure at all (an unknown backend) the answer is ``full``."""
@@ -99,11 +107,19 @@ def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstra
     if budget_bytes is None:
         log("remat auto: the device reports no memory size; using full")
         return {"policy": "full", "budget_bytes": None, "compiled_bytes": {}}
-    sizes: dict[str, int] = {}
+    sizes: dict[str, int | None] = {}
     for policy in REMAT_ORDER:
         t0 = time.perf_counter()
-        sizes[policy] = compiled_step_bytes(model_cfg.replace(remat_policy=policy), train_cfg,
-                                            tx, abstract, shardings, mesh)
+        try:
+            sizes[policy] = compiled_step_bytes(model_cfg.replace(remat_policy=policy),
+                                                train_cfg, tx, abstract, shardings, mesh)
+        except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type
+            if not is_out_of_memory(e):
+                raise
+            # the TPU compiler refuses a program larger than HBM at compile time
+            sizes[policy] = None
+            log(f"remat auto: {policy} does not fit: {str(e).splitlines()[0][:300]}")
+            continue
         fits = sizes[policy] <= budget_bytes
         log(f"remat auto: {policy} needs {sizes[policy] / GIB:.2f} GiB per device "
             f"({'fits' if fits else 'over'} {budget_bytes / GIB:.2f} GiB; compiled in "

@@ -71,6 +71,34 @@ def test_choose_takes_the_first_policy_that_fits(setup, budget):
         assert "no policy fits" in lines[-1]
 
 
+def test_a_policy_the_compiler_refuses_as_out_of_memory_is_skipped(setup, monkeypatch):
+    """The TPU compiler raises RESOURCE_EXHAUSTED for a step larger than HBM: that policy
+    is "does not fit", not a crash; other compile errors still propagate."""
+    cfg, tcfg, tx, abstract, shardings, mesh, sizes = setup
+    real = remat_mod.compiled_step_bytes
+
+    def refuse_none(model_cfg, *a, **kw):
+        if model_cfg.remat_policy == "none":
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total "
+                               "memory required for HLO temporaries (60.67G) exceeds "
+                               "available HBM (31.25G).")
+        return real(model_cfg, *a, **kw)
+
+    monkeypatch.setattr(remat_mod, "compiled_step_bytes", refuse_none)
+    lines: list[str] = []
+    got = remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh,
+                                 budget_bytes=10 * sizes["none"], log=lines.append)
+    assert got["policy"] == "dots" and got["compiled_bytes"]["none"] is None
+    assert lines[0].startswith("remat auto: none does not fit: RESOURCE_EXHAUSTED")
+
+    def broken(model_cfg, *a, **kw):
+        raise RuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(remat_mod, "compiled_step_bytes", broken)
+    with pytest.raises(RuntimeError, match="INTERNAL"):
+        remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh, budget_bytes=1)
+
+
 def test_cpu_budget_is_the_hosts_available_memory_shared_by_the_mesh_devices():
     dev = jax.devices("cpu")[0]
     one, four = remat_mod.device_memory_bytes(dev), remat_mod.device_memory_bytes(dev, 4)
@@ -146,3 +174,34 @@ def test_train_resolves_auto_records_it_and_uses_it(tmp_path, monkeypatch):
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["model"]["remat_policy"] == "auto" and info["remat"]["policy"] == chosen
     assert np.isfinite(out["losses"]).all()
+
+
+def test_memory_cli_auto_reports_each_policy_it_compiled(capsys, monkeypatch):
+    """``pythoncoder memory --remat auto``: stops at the first policy within the budget;
+    a policy the (TPU) compiler refuses as out of memory is reported and skipped."""
+    from pythoncoder.cli import main as cli_main
+    from pythoncoder.train import memory
+
+    args = ["memory", "--preset", "tiny", "--seq-len", "64", "--micro-batch", "1",
+            "--accum-steps", "1", "--remat", "auto", "--json"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["remat_policy"] == "none" and report["remat_auto"]["chosen"] == "none"
+    assert list(report["remat_auto"]["compiled_bytes"]) == ["none"]
+    assert "remat none:" in out.err and "fits" in out.err
+
+    real = memory.train_step_memory
+
+    def hbm(model_cfg, train_cfg, **kw):
+        if model_cfg.remat_policy != "full":
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+        return real(model_cfg, train_cfg, **kw)
+
+    monkeypatch.setattr(memory, "train_step_memory", hbm)
+    assert cli_main(args) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["remat_auto"]["compiled_bytes"] == {
+        "none": None, "dots": None, "full": report["total_bytes"]}
+    assert out.err.count("does not fit: RESOURCE_EXHAUSTED") == 2
