@@ -271,20 +271,27 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         state = jax.device_put(init_train_state(model, tx), shardings)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     del model
-    remat = None
+    remat, compiled = None, None
     if model_cfg.remat_policy == "auto":
         from pythoncoder.train.remat import choose_remat
 
         remat = choose_remat(model_cfg, train_cfg, tx, abstract, shardings, mesh, log=log)
+        compiled = remat.pop("compiled")
         graphdef, _ = nnx.split(abstract_model(model_cfg.replace(remat_policy=remat["policy"])),
                                 nnx.Param)
     write_run_files(run_dir, model_cfg, train_cfg, plan,
                     data=str(Path(data_dir).absolute()), data_manifest_sha256=fingerprint,
                     **({"remat": remat} if remat else {}))
 
-    step_fn = jax.jit(make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight),
-                      in_shardings=(shardings, None, replicated(mesh)),
-                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    if compiled is not None:  # auto compiled the chosen step already: run that executable
+        key_sharding = replicated(mesh)
+
+        def step_fn(state, batch, key):
+            return compiled(state, batch, jax.device_put(key, key_sharding))
+    else:
+        step_fn = jax.jit(make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight),
+                          in_shardings=(shardings, None, replicated(mesh)),
+                          out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(graphdef, model_cfg.mtp_weight))
     val_loader = None
     try:

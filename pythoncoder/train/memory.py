@@ -29,6 +29,14 @@ def abstract_train_state(model, tx) -> TrainState:
                              skipped=jnp.zeros((), jnp.int32)), params)
 
 
+def abstract_batch(train_cfg: TrainConfig, sharding: Any = None) -> dict[str, Any]:
+    """The train step's batch as the loader hands it over: tokens and their segment ids,
+    int32 ``(accum_steps, micro_batch, seq_len + 1)``."""
+    shape = (train_cfg.accum_steps, train_cfg.micro_batch, train_cfg.seq_len + 1)
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
+            for k in ("tokens", "segment_ids")}
+
+
 TOPOLOGIES = {
     # name -> get_topology_desc arguments (MaxText's accelerator_to_spec_map values)
     "v6e-1": dict(platform="tpu", topology_name="v6e:1x1", chip_config_name="default",
@@ -65,8 +73,7 @@ def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     graphdef, _ = nnx.split(model, nnx.Param)
     tx, _ = make_optimizer(train_cfg, total_steps=10 * train_cfg.warmup_steps + 10)
     state = abstract_train_state(model, tx)
-    batch = {"tokens": jax.ShapeDtypeStruct(
-        (train_cfg.accum_steps, train_cfg.micro_batch, train_cfg.seq_len + 1), jnp.int32)}
+    batch = abstract_batch(train_cfg)
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     step_fn = make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight)
     if topology is None:

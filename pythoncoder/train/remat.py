@@ -28,6 +28,7 @@ from flax import nnx
 
 from pythoncoder.model import ModelConfig, abstract_model
 from pythoncoder.train.config import TrainConfig
+from pythoncoder.train.memory import abstract_batch
 from pythoncoder.train.sharding import batch_sharding, replicated
 from pythoncoder.train.step import make_train_step
 
@@ -65,24 +66,34 @@ def device_memory_bytes(device: Any, sharing: int = 1) -> int | None:
     return int(avail) // max(sharing, 1)
 
 
-def compiled_step_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
-                        shardings: Any, mesh: Any) -> int:
-    """Per-device bytes of the compiled train step for ``model_cfg``'s remat policy."""
+def compile_step(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
+                 shardings: Any, mesh: Any) -> Any:
+    """The train step for ``model_cfg``'s remat policy, compiled for the loop's inputs:
+    state in ``shardings`` (donated), the batch in ``batch_sharding``, a replicated key."""
     graphdef, _ = nnx.split(abstract_model(model_cfg), nnx.Param)
     rep = replicated(mesh)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          abstract, shardings)
-    batch = {"tokens": jax.ShapeDtypeStruct(
-        (train_cfg.accum_steps, train_cfg.micro_batch, train_cfg.seq_len + 1), jnp.int32,
-        sharding=batch_sharding(mesh))}
+    batch = abstract_batch(train_cfg, batch_sharding(mesh))
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
     step = jax.jit(make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight),
                    in_shardings=(shardings, None, rep), out_shardings=(shardings, rep),
                    donate_argnums=0)
     with jax.default_device(mesh.devices.flat[0]):
-        mem = step.lower(state, batch, key).compile().memory_analysis()
+        return step.lower(state, batch, key).compile()
+
+
+def step_bytes(compiled: Any) -> int:
+    """Per-device bytes of a compiled step: arguments + outputs - donated + temporaries."""
+    mem = compiled.memory_analysis()
     return (int(mem.argument_size_in_bytes) + int(mem.output_size_in_bytes)
             - int(mem.alias_size_in_bytes) + int(mem.temp_size_in_bytes))
+
+
+def compiled_step_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
+                        shardings: Any, mesh: Any) -> int:
+    """Per-device bytes of the compiled train step for ``model_cfg``'s remat policy."""
+    return step_bytes(compile_step(model_cfg, train_cfg, tx, abstract, shardings, mesh))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -95,8 +106,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
                  shardings: Any, mesh: Any, *, budget_bytes: int | None = None,
                  headroom: float = HEADROOM, log=print) -> dict[str, Any]:
-    """Resolve ``remat_policy="auto"``: ``{"policy", "budget_bytes", "compiled_bytes"}``
-    (``None`` for a policy the compiler itself refused as out of memory).
+    """Resolve ``remat_policy="auto"``: ``{"policy", "budget_bytes", "compiled_bytes",
+    "compiled"}``: ``compiled_bytes`` per policy tried (``None`` for one the compiler itself
+    refused as out of memory), ``compiled`` the chosen policy's compiled step (``compile_step``)
+    for the loop to run instead of compiling it again, or ``None``.
 
     ``budget_bytes`` defaults to ``headroom`` x ``device_memory_bytes`` of the mesh's
     first device; with no figure at all (an unknown backend) the answer is ``full``."""
@@ -106,13 +119,15 @@ def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstra
         budget_bytes = int(limit * headroom) if limit else None
     if budget_bytes is None:
         log("remat auto: the device reports no memory size; using full")
-        return {"policy": "full", "budget_bytes": None, "compiled_bytes": {}}
+        return {"policy": "full", "budget_bytes": None, "compiled_bytes": {}, "compiled": None}
     sizes: dict[str, int | None] = {}
+    compiled = None
     for policy in REMAT_ORDER:
         t0 = time.perf_counter()
         try:
-            sizes[policy] = compiled_step_bytes(model_cfg.replace(remat_policy=policy),
-                                                train_cfg, tx, abstract, shardings, mesh)
+            compiled = compile_step(model_cfg.replace(remat_policy=policy), train_cfg, tx,
+                                    abstract, shardings, mesh)
+            sizes[policy] = step_bytes(compiled)
         except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type
             if not is_out_of_memory(e):
                 raise
@@ -125,8 +140,10 @@ def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstra
             f"({'fits' if fits else 'over'} {budget_bytes / GIB:.2f} GiB; compiled in "
             f"{time.perf_counter() - t0:.1f} s)")
         if fits:
-            return {"policy": policy, "budget_bytes": budget_bytes, "compiled_bytes": sizes}
+            return {"policy": policy, "budget_bytes": budget_bytes, "compiled_bytes": sizes,
+                    "compiled": compiled}
     log(f"remat auto: no policy fits {budget_bytes / GIB:.2f} GiB per device; using full, "
         f"the least memory (if the step does not fit, lower micro_batch or seq_len, or add "
         f"devices)")
-    return {"policy": "full", "budget_bytes": budget_bytes, "compiled_bytes": sizes}
+    return {"policy": "full", "budget_bytes": budget_bytes, "compiled_bytes": sizes,
+            "compiled": compiled if sizes.get("full") is not None else None}

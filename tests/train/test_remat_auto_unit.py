@@ -75,7 +75,7 @@ def test_a_policy_the_compiler_refuses_as_out_of_memory_is_skipped(setup, monkey
     """The TPU compiler raises RESOURCE_EXHAUSTED for a step larger than HBM: that policy
     is "does not fit", not a crash; other compile errors still propagate."""
     cfg, tcfg, tx, abstract, shardings, mesh, sizes = setup
-    real = remat_mod.compiled_step_bytes
+    real = remat_mod.compile_step
 
     def refuse_none(model_cfg, *a, **kw):
         if model_cfg.remat_policy == "none":
@@ -84,7 +84,7 @@ def test_a_policy_the_compiler_refuses_as_out_of_memory_is_skipped(setup, monkey
                                "available HBM (31.25G).")
         return real(model_cfg, *a, **kw)
 
-    monkeypatch.setattr(remat_mod, "compiled_step_bytes", refuse_none)
+    monkeypatch.setattr(remat_mod, "compile_step", refuse_none)
     lines: list[str] = []
     got = remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh,
                                  budget_bytes=10 * sizes["none"], log=lines.append)
@@ -94,7 +94,7 @@ def test_a_policy_the_compiler_refuses_as_out_of_memory_is_skipped(setup, monkey
     def broken(model_cfg, *a, **kw):
         raise RuntimeError("INTERNAL: something else")
 
-    monkeypatch.setattr(remat_mod, "compiled_step_bytes", broken)
+    monkeypatch.setattr(remat_mod, "compile_step", broken)
     with pytest.raises(RuntimeError, match="INTERNAL"):
         remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh, budget_bytes=1)
 
@@ -156,24 +156,34 @@ def test_train_resolves_auto_records_it_and_uses_it(tmp_path, monkeypatch):
                                                abstract, shardings, mesh)
     # a device that holds less than "none" needs (after the 0.9 headroom)
     monkeypatch.setattr(remat_mod, "device_memory_bytes", lambda d, sharing=1: none_bytes)
-    used = []
-    real = loop.make_train_step
+    compiled_for, jitted = [], []
 
-    def spy(graphdef, *a, **kw):
-        used.append(nnx.merge(graphdef, nnx.state(abstract_model(cfg), nnx.Param)).cfg)
-        return real(graphdef, *a, **kw)
+    def spy(into, real):
+        def make(graphdef, *a, **kw):
+            into.append(nnx.merge(graphdef, nnx.state(abstract_model(cfg), nnx.Param)).cfg)
+            return real(graphdef, *a, **kw)
+        return make
 
-    monkeypatch.setattr(loop, "make_train_step", spy)
+    monkeypatch.setattr(remat_mod, "make_train_step", spy(compiled_for, remat_mod.make_train_step))
+    monkeypatch.setattr(loop, "make_train_step", spy(jitted, loop.make_train_step))
     lines: list[str] = []
     out = loop.train(cfg, tcfg, tmp_path / "data", tmp_path / "run", total_steps=3,
                      mesh=mesh, progress=False, log=lines.append)
     chosen = out["remat"]["policy"]
     assert chosen in ("dots", "full") and out["remat"]["compiled_bytes"]["none"] == none_bytes
-    assert [c.remat_policy for c in used] == [chosen]
+    # compiled once per policy tried, the chosen one last; the loop runs that executable
+    assert [c.remat_policy for c in compiled_for][-1] == chosen and jitted == []
     assert any(line.startswith("remat auto: none needs") for line in lines)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["model"]["remat_policy"] == "auto" and info["remat"]["policy"] == chosen
+    assert "compiled" not in info["remat"]
+    # the same run with the policy named: the jitted step, the same losses
+    same = loop.train(cfg.replace(remat_policy=chosen), tcfg, tmp_path / "data",
+                      tmp_path / "named", total_steps=3, mesh=mesh, progress=False,
+                      log=lines.append)
+    assert [c.remat_policy for c in jitted] == [chosen]
     assert np.isfinite(out["losses"]).all()
+    np.testing.assert_allclose(out["losses"], same["losses"], rtol=1e-6, atol=0)
 
 
 def test_memory_cli_auto_reports_each_policy_it_compiled(capsys, monkeypatch):
