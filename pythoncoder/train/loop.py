@@ -304,13 +304,9 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     per_device = peak_flops or nominal_peak_flops(mesh.devices.flat[0])
     peak = per_device * mesh.devices.size if per_device else None
     base_key = jax.random.PRNGKey(train_cfg.seed)
-    metrics_path = run_dir / "metrics.jsonl"
     start = int(meta.get("global_step", 0))
     skipped_total = int(meta.get("skipped", 0))
-    history: dict[str, list] = {"loss": [], "val_loss": []}
-    bar = tqdm(total=plan.total_steps, initial=start, disable=not progress, unit="step",
-               dynamic_ncols=True)
-    tb = _tensorboard(run_dir)
+    sink = MetricsSink(run_dir, total=plan.total_steps, initial=start, progress=progress)
 
     pending_val: dict[int, float | None] = {}
 
@@ -320,10 +316,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
             return
         val = pending_val.pop(step, None)
         if val is not None:
-            history["val_loss"].append((step, val))
-            _append(metrics_path, {"step": step, "val_loss": val})
-            if tb:
-                tb.add_scalar("val/loss", val, step)
+            sink.val_loss(step, val)
 
     def checkpoint(global_step: int) -> float | None:
         val = evaluate(eval_fn, state.params, val_loader, train_cfg.eval_batches) \
@@ -342,8 +335,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
     first_val = None
     if start == 0 and val_loader is not None:
         first_val = evaluate(eval_fn, state.params, val_loader, train_cfg.eval_batches)
-        _append(metrics_path, {"step": 0, "val_loss": first_val})
-        history["val_loss"].append((0, first_val))
+        sink.val_loss(0, first_val)
     counters = {"bad": 0, "applied": int(state.step), "last_time": time.perf_counter(),
                 "last_step": start}
     pending = None
@@ -367,24 +359,17 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
         else:
             counters["bad"] = 0
             counters["applied"] += 1
-        history["loss"].append((done, loss))
+        sink.step_loss(done, loss)
         if done % train_cfg.log_every == 0 or done == plan.total_steps:
             now = time.perf_counter()
             tps = (done - counters["last_step"]) * train_cfg.tokens_per_step / max(
                 now - counters["last_time"], 1e-9)
             mfu = tps * flops_per_token / peak if peak else None
             counters["last_time"], counters["last_step"] = now, done
-            record = {"step": done, "loss": loss, "lr": lr,
-                      "grad_norm": float(m["grad_norm"]), "tokens_per_s": tps, "mfu": mfu,
-                      "data_epoch": data_epoch, "skipped": skipped_total}
-            _append(metrics_path, record)
-            if tb:
-                for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
-                    if record[k] is not None:
-                        tb.add_scalar(f"train/{k}", record[k], done)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
-                            mfu="n/a" if mfu is None else f"{mfu:.1%}")
-        bar.update(1)
+            sink.train({"step": done, "loss": loss, "lr": lr, "grad_norm": float(m["grad_norm"]),
+                        "tokens_per_s": tps, "mfu": mfu, "data_epoch": data_epoch,
+                        "skipped": skipped_total})
+        sink.tick()
 
     failed = True
     stopped: dict[str, Any] | None = None  # set when the loop ends before the plan's last step
@@ -426,7 +411,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
             saved(ckpt.finish())
             failed = False
         finally:
-            bar.close()
+            sink.close_bar()
             try:  # a save still in flight is finished (manifest written) even on an error
                 saved(ckpt.finish())
             except CheckpointError as e:
@@ -435,18 +420,67 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Path,
                 log(str(e))
             finally:
                 ckpt.release()
-            if tb:
-                tb.close()
-    plot = plot_curves(metrics_path, run_dir / "curves.png") if metrics_path.exists() else None
+            sink.close()
+    plot = plot_curves(sink.path, run_dir / "curves.png") if sink.path.exists() else None
     return {
-        "plan": plan, "steps_done": history["loss"][-1][0] if history["loss"] else start,
-        "losses": [l for _, l in history["loss"]], "val_losses": history["val_loss"],
+        "plan": plan,
+        "steps_done": sink.history["loss"][-1][0] if sink.history["loss"] else start,
+        "losses": [l for _, l in sink.history["loss"]], "val_losses": sink.history["val_loss"],
         "first_val_loss": first_val, "skipped": skipped_total, "plot": plot,
         "final_params": state.params, "run_dir": run_dir, "remat": remat,
         # a signal that arrives after the last step (final save, plot) ends a complete run
         "interrupted": stopped["by"] if stopped else None, "signal": sigterm.received,
         "resume_step": stopped["resume_step"] if stopped else None,
     }
+
+
+class MetricsSink:
+    """Where a run's metrics go: ``metrics.jsonl`` (one JSON object per line, non-finite
+    numbers as null), TensorBoard when ``tensorboardX`` is installed, and the progress bar;
+    it keeps the loss history the run's summary returns."""
+
+    TRAIN_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
+
+    def __init__(self, run_dir: Path, *, total: int, initial: int, progress: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.history: dict[str, list] = {"loss": [], "val_loss": []}
+        self.bar = tqdm(total=total, initial=initial, disable=not progress, unit="step",
+                        dynamic_ncols=True)
+        self.tb = _tensorboard(run_dir)
+
+    def train(self, record: dict[str, Any]) -> None:
+        """One logged training step: ``step``, ``loss``, ``lr``, ``grad_norm``,
+        ``tokens_per_s``, ``mfu`` (None without a peak) and any other fields."""
+        _append(self.path, record)
+        if self.tb:
+            for k in self.TRAIN_SCALARS:
+                if record.get(k) is not None:
+                    self.tb.add_scalar(f"train/{k}", record[k], record["step"])
+        mfu = record.get("mfu")
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                             tok_s=f"{record['tokens_per_s']:,.0f}",
+                             mfu="n/a" if mfu is None else f"{mfu:.1%}")
+
+    def step_loss(self, step: int, loss: float) -> None:
+        """Every step's loss (the summary's history; the file gets the logged steps)."""
+        self.history["loss"].append((step, loss))
+
+    def val_loss(self, step: int, value: float) -> None:
+        self.history["val_loss"].append((step, value))
+        _append(self.path, {"step": step, "val_loss": value})
+        if self.tb:
+            self.tb.add_scalar("val/loss", value, step)
+
+    def tick(self) -> None:
+        self.bar.update(1)
+
+    def close_bar(self) -> None:
+        self.bar.close()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tb:
+            self.tb.close()
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

@@ -96,3 +96,37 @@ def test_mfu_peak_comes_from_a_table_not_a_timed_matmul():
     assert nominal_peak_flops(SimpleNamespace(device_kind="TPU v6 lite")) == 918e12
     assert nominal_peak_flops(SimpleNamespace(device_kind="NVIDIA H200")) == 989e12
     assert nominal_peak_flops(SimpleNamespace(device_kind="cpu")) is None
+
+
+def test_metrics_sink_writes_jsonl_rows_history_and_optional_tensorboard(tmp_path):
+    """The sink: one JSON object per logged step (non-finite as null), validation rows, the
+    summary history; a TensorBoard writer, when present, gets the same scalars."""
+    from pythoncoder.train.loop import MetricsSink
+
+    sink = MetricsSink(tmp_path, total=3, initial=0, progress=False)
+
+    class Board:
+        def __init__(self):
+            self.scalars, self.closed = [], False
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def close(self):
+            self.closed = True
+
+    sink.tb = board = Board()
+    sink.val_loss(0, 9.5)
+    for step, loss in ((1, 9.0), (2, float("nan"))):
+        sink.step_loss(step, loss)
+        sink.train({"step": step, "loss": loss, "lr": 1e-3, "grad_norm": 1.0,
+                    "tokens_per_s": 100.0, "mfu": None, "skipped": 0})
+        sink.tick()
+    sink.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0] == {"step": 0, "val_loss": 9.5}
+    assert [r["step"] for r in rows[1:]] == [1, 2] and rows[2]["loss"] is None
+    assert rows[1]["mfu"] is None and rows[1]["lr"] == 1e-3
+    assert sink.history["val_loss"] == [(0, 9.5)] and sink.history["loss"][0] == (1, 9.0)
+    assert ("val/loss", 9.5, 0) in board.scalars and ("train/loss", 9.0, 1) in board.scalars
+    assert not [s for s in board.scalars if s[0] == "train/mfu"] and board.closed
