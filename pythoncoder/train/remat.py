@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pythoncoder.model import ModelConfig, abstract_model
@@ -117,6 +118,12 @@ def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstra
         here = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
         limit = device_memory_bytes(mesh.devices.flat[0], sharing=len(here))
         budget_bytes = int(limit * headroom) if limit else None
+        if jax.process_count() > 1:  # every process must compile the same program
+            from jax.experimental import multihost_utils
+
+            mine = np.int64(budget_bytes if budget_bytes is not None else -1)
+            every = np.asarray(multihost_utils.process_allgather(mine)).ravel()
+            budget_bytes = None if (every < 0).any() else int(every.min())
     if budget_bytes is None:
         log("remat auto: the device reports no memory size; using full")
         return {"policy": "full", "budget_bytes": None, "compiled_bytes": {}, "compiled": None}

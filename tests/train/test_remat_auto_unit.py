@@ -215,3 +215,59 @@ def test_memory_cli_auto_reports_each_policy_it_compiled(capsys, monkeypatch):
     assert report["remat_auto"]["compiled_bytes"] == {
         "none": None, "dots": None, "full": report["total_bytes"]}
     assert out.err.count("does not fit: RESOURCE_EXHAUSTED") == 2
+
+
+_TWO_PROCESS_SCRIPT = r'''
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+from pythoncoder.model import ModelConfig, abstract_model
+from pythoncoder.train import remat as R
+from pythoncoder.train.config import TrainConfig
+from pythoncoder.train.memory import abstract_train_state
+from pythoncoder.train.optimizer import make_optimizer
+from pythoncoder.train.sharding import make_mesh, state_shardings
+
+cfg = ModelConfig(name="t", vocab_size=512, hidden_size=64, num_layers=2, head_dim=16,
+                  intermediate_size=128, compute_dtype="float32", remat_policy="auto",
+                  attn_block_size=64, loss_chunk_size=256, tpu_aligned=False)
+tcfg = TrainConfig(seq_len=128, micro_batch=4, accum_steps=1, warmup_steps=1)
+tx, _ = make_optimizer(tcfg, total_steps=10)
+mesh = make_mesh(1, jax.device_count(), jax.devices())
+abstract = abstract_train_state(abstract_model(cfg.replace(remat_policy="none")), tx)
+shardings = state_shardings(abstract, mesh)
+none = R.compiled_step_bytes(cfg.replace(remat_policy="none"), tcfg, tx, abstract, shardings,
+                             mesh)
+# process 0 has room for everything; process 1 not for "none" (budget 0.9 x none)
+R.device_memory_bytes = lambda d, sharing=1: 10 * none if jax.process_index() == 0 else none
+got = R.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh, log=lambda *_: None)
+print(json.dumps({"policy": got["policy"], "budget": got["budget_bytes"], "none": none}))
+'''
+
+
+def test_processes_agree_on_the_policy(tmp_path):
+    """Every process must compile the same program: with two processes whose devices
+    report different memory, both take the smallest budget and so the same policy."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    with socket.socket() as sock:  # a free port for the coordinator
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen([sys.executable, str(script), port, str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert outs[0]["policy"] == outs[1]["policy"] != "none"
+    assert outs[0]["budget"] == outs[1]["budget"] == int(0.9 * outs[1]["none"])
