@@ -245,3 +245,48 @@ def test_the_model_reads_only_the_live_bucket_of_its_cache(engine, loop_cfg):
     assert np.isfinite(clean).all()
     np.testing.assert_array_equal(np.asarray(fwd(poisoned(128))), clean)
     assert np.isnan(np.asarray(fwd(poisoned(100)))).any()
+
+
+@pytest.mark.req("INF-06")
+@pytest.mark.parametrize("speculative", [False, True])
+def test_the_compiled_decode_loop_never_copies_the_cache(engine, loop_cfg, speculative):
+    """Each layer writes its new slots into the stacked cache in place and reads its live
+    bucket: the optimized program of the on-device loop holds no copy of a cache-sized
+    array (before, scanning the cache through the layers and a per-step lax.cond copied
+    all of it every step, so a step's cost grew with the preallocated length)."""
+    import re
+
+    from pythoncoder.infer.sampling import GREEDY
+
+    prompts = np.ones((2, PROMPT_LEN), np.int32)
+    state, _, _ = engine.prefill(prompts, np.zeros((2,), np.int32), cache_len=256,
+                                 key=jax.random.PRNGKey(0))
+    hlo = engine.programs["loop"].lower(
+        engine.params, state, jnp.zeros((2,), bool), jnp.zeros((2,), jnp.int32),
+        jnp.int32(-1), jnp.int32(8), jnp.zeros((1,), jnp.int32), steps=8,
+        speculative=speculative, sampling=GREEDY, num_real=engine.num_real).compile().as_text()
+
+    def shape(x):
+        return f"[{','.join(map(str, x.shape))}]"
+
+    def cache_copies(text, shapes):
+        return [line for line in text.splitlines()
+                if re.search(r"= \w+\[[\d,]*\]\{[\d,]*\} copy(-start)?\(", line)
+                and any(b in line.split("=")[1][:60] for b in shapes)]
+
+    big = {shape(state.cache.k), shape(state.cache.v), shape(state.cache.segment_ids)}
+    assert cache_copies(hlo, big) == []
+
+    # control: the old structure (the cache scanned through the layers as input and
+    # stacked as output, inside the step loop) does copy it, and the check sees that
+    def old_style(cache):
+        def step(i, c):
+            def layer(x, lc):
+                lc = jax.lax.dynamic_update_slice(lc, jnp.ones((2, 1, 4), c.dtype), (0, i, 0))
+                return x + lc.sum(), lc
+            return jax.lax.scan(layer, 0.0, c)[1]
+        return jax.lax.fori_loop(0, 4, step, cache)
+
+    toy = jnp.zeros((3, 2, 64, 4))
+    old = jax.jit(old_style, donate_argnums=0).lower(toy).compile().as_text()
+    assert cache_copies(old, {shape(toy)})

@@ -233,7 +233,7 @@ def _row_updates(tokens_BK, count_B, done_B, n_B, eos_id, max_new, stop_ids):
 def _decode_loop(model: PythonCoder, state: DecodeState, done_B, n_B, eos_id, max_new,
                  stop_ids, *, steps: int, speculative: bool,
                  sampling: SamplingConfig, num_real: int):
-    """Up to ``steps`` decode (or speculate) steps in one ``lax.while_loop``.
+    """Up to ``steps`` decode (or speculate) steps in one compiled program (while loops).
 
     Stops early when every row is done (``_row_updates``) or the cache has no room for
     another step.  Each step is exactly the per-step program's computation (same key
@@ -262,29 +262,35 @@ def _decode_loop(model: PythonCoder, state: DecodeState, done_B, n_B, eos_id, ma
                                  num_real=num_real)
         return new, out.tokens_BK, out.count_B, out.accepted_B
 
-    def cond(carry):
-        i, st, done, _, _ = carry
-        return (i < steps) & ~jnp.all(done) & (st.index + 1 <= S)
+    def until(room):  # run while steps remain, some row is live and `room` slots are free
+        def cond(carry):
+            i, st, done, _, _ = carry
+            return (i < steps) & ~jnp.all(done) & (st.index + room <= S)
+        return cond
 
-    def body(carry):
-        i, st, done, n, buf = carry
-        if speculative:
-            use_spec = st.index + 2 <= S
-            st, toks, count, acc = jax.lax.cond(use_spec, spec, plain, st)
-        else:
-            use_spec = jnp.zeros((), bool)
-            st, toks, count, acc = plain(st)
-        done, n = _row_updates(toks, count, done, n, eos_id, max_new, stop_ids)
-        buf = LoopOutput(buf.tokens_NBK.at[i].set(toks), buf.count_NB.at[i].set(count),
-                         buf.accepted_NB.at[i].set(acc), buf.speculated_N.at[i].set(use_spec),
-                         buf.steps, buf.done_B)
-        return i + 1, st, done, n, buf
+    def stepping(step, speculated: bool):
+        def body(carry):
+            i, st, done, n, buf = carry
+            st, toks, count, acc = step(st)
+            done, n = _row_updates(toks, count, done, n, eos_id, max_new, stop_ids)
+            buf = LoopOutput(buf.tokens_NBK.at[i].set(toks), buf.count_NB.at[i].set(count),
+                             buf.accepted_NB.at[i].set(acc),
+                             buf.speculated_N.at[i].set(jnp.asarray(speculated)),
+                             buf.steps, buf.done_B)
+            return i + 1, st, done, n, buf
+        return body
 
     buf = LoopOutput(jnp.zeros((steps, B, K), jnp.int32), jnp.zeros((steps, B), jnp.int32),
                      jnp.zeros((steps, B), bool), jnp.zeros((steps,), bool),
                      jnp.zeros((), jnp.int32), done_B)
-    i, state, done_B, _, buf = jax.lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), state, done_B, n_B, buf))
+    carry = (jnp.zeros((), jnp.int32), state, done_B, n_B, buf)
+    # Speculative steps while two cache slots are free, then plain steps for what is left
+    # (at most one slot): the order the per-step host loop takes.  Two loops rather than a
+    # lax.cond per step: a conditional over the cache made XLA copy the whole cache each
+    # step, where one straight-line body updates it in place.
+    if speculative:
+        carry = jax.lax.while_loop(until(2), stepping(spec, True), carry)
+    i, state, done_B, _, buf = jax.lax.while_loop(until(1), stepping(plain, False), carry)
     return state, buf._replace(steps=i, done_B=done_B)
 
 

@@ -42,11 +42,13 @@ MASK_VALUE = -1e30
 
 
 class KVCache(NamedTuple):
-    """One layer's cache (or all layers', stacked on a leading axis).
+    """Every layer's cache, stacked on a leading layer axis.
 
-    ``k``: (B, S, num_kv_subheads, head_dim); ``v``: (B, S, groups, 2*head_dim);
-    ``segment_ids``: (B, S) int32, 0 for padding slots.  The same layout serves prefill
-    and decode; new entries are written at the caller's ``cache_index`` offset.
+    ``k``: (L, B, S, num_kv_subheads, head_dim); ``v``: (L, B, S, groups, 2*head_dim);
+    ``segment_ids``: (L, B, S) int32, 0 for padding slots.  The same layout serves prefill
+    and decode; each layer writes its new entries at the caller's ``cache_index`` offset
+    into its own row, in place (the layer scan carries the whole stack), and reads only its
+    live bucket, so a step's cost does not grow with the preallocated length ``S``.
     """
 
     k: jax.Array
@@ -148,8 +150,8 @@ ATTENTION_KERNELS = {
 
 
 def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg: ModelConfig,
-                           self_attention: bool, live_len: jax.Array | int | None = None
-                           ) -> jax.Array:
+                           self_attention: bool, live_len: jax.Array | int | None = None,
+                           layer: jax.Array | int | None = None) -> jax.Array:
     """The one dispatch point: the fused kernel or the reference, per ``cfg.attention_impl``.
 
     ``self_attention`` (no KV cache: query ``t`` at slot ``t``, keys = queries) is the path
@@ -157,22 +159,27 @@ def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg:
     most ``DECODE_KERNEL_MAX_QUERIES`` queries (decode, speculative verification),
     ``attention_impl="pallas"`` set explicitly takes the decode kernel (not on TPU); every
     other cached call (``auto``, the reference, prefill) takes the live-prefix XLA path,
-    which reads only the cache blocks below ``live_len``."""
+    which reads only the cache blocks below ``live_len``.  With ``layer``, ``k``/``v``/
+    ``k_seg`` are every layer's stacked cache and layer ``layer``'s live bucket is read."""
     impl = cfg.resolved_attention_impl()
     if self_attention and impl != "reference":
         return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
                                        block=cfg.attn_block_size)
-    if (live_len is not None and cfg.attention_impl == "pallas"
-            and q.shape[1] <= DECODE_KERNEL_MAX_QUERIES and target_platform() != "tpu"):
-        from pythoncoder.model.kernels.diff_decode import decode_diff_attention
-
-        return decode_diff_attention(q, k, v, lam, q_slots, k_seg, q_seg, live_len,
-                                     gqa_ratio=cfg.gqa_ratio)
     if live_len is not None:
         from pythoncoder.model.live_attention import live_differential_map
 
+        kernel = None
+        if (cfg.attention_impl == "pallas" and q.shape[1] <= DECODE_KERNEL_MAX_QUERIES
+                and target_platform() != "tpu"):
+            from pythoncoder.model.kernels.diff_decode import decode_diff_attention
+
+            def kernel(q, k, v, lam, q_slots, k_seg, q_seg, live):
+                return decode_diff_attention(q, k, v, lam, q_slots, k_seg, q_seg, live,
+                                             gqa_ratio=cfg.gqa_ratio)
+
         return live_differential_map(q, k, v, lam, q_slots, k_seg, q_seg, live_len,
-                                     gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size)
+                                     gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size,
+                                     layer=layer, kernel=kernel)
     return blocked_differential_map(q, k, v, lam, q_slots, k_slots, q_seg, k_seg,
                                     gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size)
 
@@ -214,23 +221,26 @@ class DiffAttention(nnx.Module):
             seg = (jnp.ones((B, T), jnp.int32) if segment_ids_BT is None
                    else segment_ids_BT.astype(jnp.int32))
             idx = jnp.asarray(cache_index, jnp.int32)
+            layer = jnp.asarray(layer_index, jnp.int32)
             zero = jnp.zeros((), jnp.int32)
+            # ``cache`` holds every layer (L, B, S, ...): write this layer's T new slots in
+            # place; attention reads this layer's live bucket from it (live_attention.py).
             cache = KVCache(
-                jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype),
-                                             (zero, idx, zero, zero)),
-                jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype),
-                                             (zero, idx, zero, zero)),
-                jax.lax.dynamic_update_slice(cache.segment_ids, seg, (zero, idx)),
+                jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype),
+                                             (layer, zero, idx, zero, zero)),
+                jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype),
+                                             (layer, zero, idx, zero, zero)),
+                jax.lax.dynamic_update_slice(cache.segment_ids, seg[None], (layer, zero, idx)),
             )
-            k_all, v_all = cache.k.astype(q.dtype), cache.v.astype(q.dtype)
-            k_seg = cache.segment_ids
-            k_slots = jnp.arange(cache.k.shape[1], dtype=jnp.int32)
+            k_all, v_all, k_seg = cache.k, cache.v, cache.segment_ids
+            k_slots = None
             if segment_ids_BT is None:
                 segment_ids_BT = seg
         lam = self.lam(layer_index)
         out = differential_attention(q, k_all, v_all, lam, q_slots_BT, k_slots, segment_ids_BT,
                                      k_seg, cfg=cfg, self_attention=cache is None,
-                                     live_len=None if cache is None else idx + T)
+                                     live_len=None if cache is None else idx + T,
+                                     layer=None if cache is None else layer)
         out = self.subln(out) * (1.0 - lambda_init(layer_index))
         out = out.astype(x_BTD.dtype).reshape(B, T, cfg.num_diff_heads * cfg.value_head_dim)
         return self.o_proj(out), cache

@@ -155,30 +155,30 @@ class PythonCoder(nnx.Module):
         x = self.embed_tokens(tokens_BT)
         layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
 
-        def body(block: Block, x, layer_id, key, layer_cache):
+        def body(block: Block, x, layer_id, key, cache):
             return block(x, cos, sin, q_slots, segment_ids_BT, layer_id, key, deterministic,
-                         layer_cache, cache_index)
+                         cache, cache_index)
 
         policy = REMAT_POLICIES[cfg.built_remat_policy]
         if cfg.built_remat_policy != "none":
             body = nnx.remat(body, policy=policy, prevent_cse=not cfg.scan_layers)
 
+        # The KV cache (every layer, stacked) is carried through the layers whole: each
+        # layer writes its new slots in place and reads its live bucket, so no layer copies
+        # the cache (as scanning over it as an input and stacking it as an output would).
         if cfg.scan_layers:
-            @nnx.scan(in_axes=(0, nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0))
-            def run(block, x, layer_id, key, layer_cache):
-                return body(block, x, layer_id, key, layer_cache)
+            @nnx.scan(in_axes=(0, nnx.Carry, 0, 0), out_axes=nnx.Carry)
+            def run(block, carry, layer_id, key):
+                x, c = carry
+                return body(block, x, layer_id, key, c)
 
-            x, new_cache = run(self.blocks, x, layer_ids, layer_keys, cache)
+            x, cache = run(self.blocks, (x, cache), layer_ids, layer_keys)
         else:
             graphdef, state = nnx.split(self.blocks)
-            caches = []
             for i in range(cfg.num_layers):
                 block = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
-                layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-                x, c = body(block, x, layer_ids[i], layer_keys[i], layer_cache)
-                caches.append(c)
-            new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
-        return x, new_cache
+                x, cache = body(block, x, layer_ids[i], layer_keys[i], cache)
+        return x, cache
 
     def __call__(self, tokens_BT: jax.Array, **kwargs: Any) -> jax.Array:
         """Full-sequence fp32 logits (for inference and tests; training uses the loss)."""
