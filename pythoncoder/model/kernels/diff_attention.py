@@ -86,6 +86,24 @@ def _scores(q1, q2, k1_ref, k2_ref, kseg_ref, qseg, qpos, j, *, bk, scale, causa
     return s1, s2
 
 
+def _two_map_lse(tile, n, rows: int):
+    """Pass 1: both maps' row log-sum-exp over key blocks ``0..n-1`` (``tile(j)`` gives a
+    block's masked fp32 scores ``(s1, s2)``), streamed with a running max and sum."""
+
+    def stats(j, carry):
+        m1, l1, m2, l2 = carry
+        s1, s2 = tile(j)
+        n1 = jnp.maximum(m1, jnp.max(s1, axis=1, keepdims=True))
+        n2 = jnp.maximum(m2, jnp.max(s2, axis=1, keepdims=True))
+        l1 = l1 * jnp.exp(m1 - n1) + jnp.sum(jnp.exp(s1 - n1), axis=1, keepdims=True)
+        l2 = l2 * jnp.exp(m2 - n2) + jnp.sum(jnp.exp(s2 - n2), axis=1, keepdims=True)
+        return n1, l1, n2, l2
+
+    init = jnp.full((rows, 1), -jnp.inf, F32), jnp.zeros((rows, 1), F32)
+    m1, l1, m2, l2 = jax.lax.fori_loop(0, n, stats, init + init)
+    return m1 + jnp.log(l1), m2 + jnp.log(l2)
+
+
 def _floored(p1, p2, lam, floor):
     raw = p1 - lam * p2
     return (jnp.maximum(raw, 0.0) if floor else raw), raw
@@ -103,18 +121,7 @@ def _fwd_kernel(q1_ref, q2_ref, k1_ref, k2_ref, v_ref, qseg_ref, kseg_ref, lam_r
     tile = functools.partial(_scores, q1, q2, k1_ref, k2_ref, kseg_ref, qseg, qpos, bk=bk,
                              scale=scale, causal=causal)
 
-    def stats(j, carry):
-        m1, l1, m2, l2 = carry
-        s1, s2 = tile(j)
-        n1 = jnp.maximum(m1, jnp.max(s1, axis=1, keepdims=True))
-        n2 = jnp.maximum(m2, jnp.max(s2, axis=1, keepdims=True))
-        l1 = l1 * jnp.exp(m1 - n1) + jnp.sum(jnp.exp(s1 - n1), axis=1, keepdims=True)
-        l2 = l2 * jnp.exp(m2 - n2) + jnp.sum(jnp.exp(s2 - n2), axis=1, keepdims=True)
-        return n1, l1, n2, l2
-
-    init = jnp.full((bq, 1), -jnp.inf, F32), jnp.zeros((bq, 1), F32)
-    m1, l1, m2, l2 = jax.lax.fori_loop(0, n, stats, init + init)
-    lse1, lse2 = m1 + jnp.log(l1), m2 + jnp.log(l2)
+    lse1, lse2 = _two_map_lse(tile, n, bq)
 
     def accumulate(j, acc):
         s1, s2 = tile(j)

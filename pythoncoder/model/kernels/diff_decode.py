@@ -38,10 +38,11 @@ from jax.experimental import pallas as pl
 from pythoncoder.model.config import target_platform
 from pythoncoder.model.kernels.diff_attention import (
     F32,
-    MASK_VALUE,
     _dot,
-    _dot_t,
+    _floored,
     _round_up,
+    _scores,
+    _two_map_lse,
 )
 
 DEFAULT_BLOCK_K = 128
@@ -55,33 +56,14 @@ def _decode_kernel(live_ref, lam_ref, q1_ref, q2_ref, qpos_ref, qseg_ref, k1_ref
     qpos, qseg = qpos_ref[...], qseg_ref[...]  # (M, 1)
     lam = lam_ref[...]  # (1, 1)
 
-    def tile(j):
-        ks = pl.ds(j * bk, bk)
-        kpos = j * bk + jax.lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-        mask = (kseg_ref[:, ks] == qseg) & (kpos <= qpos)
-        s1 = jnp.where(mask, _dot_t(q1, k1_ref[ks, :]) * scale, MASK_VALUE)
-        s2 = jnp.where(mask, _dot_t(q2, k2_ref[ks, :]) * scale, MASK_VALUE)
-        return s1, s2
-
-    def stats(j, carry):
-        m1, l1, m2, l2 = carry
-        s1, s2 = tile(j)
-        n1 = jnp.maximum(m1, jnp.max(s1, axis=1, keepdims=True))
-        n2 = jnp.maximum(m2, jnp.max(s2, axis=1, keepdims=True))
-        l1 = l1 * jnp.exp(m1 - n1) + jnp.sum(jnp.exp(s1 - n1), axis=1, keepdims=True)
-        l2 = l2 * jnp.exp(m2 - n2) + jnp.sum(jnp.exp(s2 - n2), axis=1, keepdims=True)
-        return n1, l1, n2, l2
-
-    rows = q1.shape[0]
-    init = jnp.full((rows, 1), -jnp.inf, F32), jnp.zeros((rows, 1), F32)
-    m1, l1, m2, l2 = jax.lax.fori_loop(0, n, stats, init + init)
-    lse1, lse2 = m1 + jnp.log(l1), m2 + jnp.log(l2)
+    # the training kernel's tile: key slot <= the query's slot, equal segment ids
+    tile = functools.partial(_scores, q1, q2, k1_ref, k2_ref, kseg_ref, qseg, qpos, bk=bk,
+                             scale=scale, causal=True)
+    lse1, lse2 = _two_map_lse(tile, n, q1.shape[0])
 
     def accumulate(j, acc):
         s1, s2 = tile(j)
-        a = jnp.exp(s1 - lse1) - lam * jnp.exp(s2 - lse2)
-        if floor:
-            a = jnp.maximum(a, 0.0)
+        a, _ = _floored(jnp.exp(s1 - lse1), jnp.exp(s2 - lse2), lam, floor)
         v = v_ref[pl.ds(j * bk, bk), :]
         return acc + _dot(a.astype(v.dtype), v)
 
