@@ -109,6 +109,22 @@ def _floored(p1, p2, lam, floor):
     return (jnp.maximum(raw, 0.0) if floor else raw), raw
 
 
+def _floored_map_times_v(tile, n, v_ref, lam, *, bk: int, rows: int, width: int, floor: bool):
+    """Both passes over key blocks ``0..n-1``: the log-sum-exps, then the floored map of
+    each tile with the final statistics times its value block, accumulated in fp32.
+    Returns ``(acc (rows, width), lse1, lse2)``."""
+    lse1, lse2 = _two_map_lse(tile, n, rows)
+
+    def accumulate(j, acc):
+        s1, s2 = tile(j)
+        a, _ = _floored(jnp.exp(s1 - lse1), jnp.exp(s2 - lse2), lam, floor)
+        v = v_ref[pl.ds(j * bk, bk), :]
+        return acc + _dot(a.astype(v.dtype), v)
+
+    acc = jax.lax.fori_loop(0, n, accumulate, jnp.zeros((rows, width), F32))
+    return acc, lse1, lse2
+
+
 # ------------------------------------------------------------------ forward kernel
 def _fwd_kernel(q1_ref, q2_ref, k1_ref, k2_ref, v_ref, qseg_ref, kseg_ref, lam_ref,
                 o_ref, lse1_ref, lse2_ref, *, bq, bk, nk, scale, floor, causal):
@@ -121,15 +137,8 @@ def _fwd_kernel(q1_ref, q2_ref, k1_ref, k2_ref, v_ref, qseg_ref, kseg_ref, lam_r
     tile = functools.partial(_scores, q1, q2, k1_ref, k2_ref, kseg_ref, qseg, qpos, bk=bk,
                              scale=scale, causal=causal)
 
-    lse1, lse2 = _two_map_lse(tile, n, bq)
-
-    def accumulate(j, acc):
-        s1, s2 = tile(j)
-        a, _ = _floored(jnp.exp(s1 - lse1), jnp.exp(s2 - lse2), lam, floor)
-        v = v_ref[pl.ds(j * bk, bk), :]
-        return acc + _dot(a.astype(v.dtype), v)
-
-    acc = jax.lax.fori_loop(0, n, accumulate, jnp.zeros(o_ref.shape, F32))
+    acc, lse1, lse2 = _floored_map_times_v(tile, n, v_ref, lam, bk=bk, rows=bq,
+                                           width=o_ref.shape[-1], floor=floor)
     o_ref[...] = acc.astype(o_ref.dtype)
     lse1_ref[...] = lse1
     lse2_ref[...] = lse2

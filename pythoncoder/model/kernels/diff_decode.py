@@ -38,11 +38,9 @@ from jax.experimental import pallas as pl
 from pythoncoder.model.config import target_platform
 from pythoncoder.model.kernels.diff_attention import (
     F32,
-    _dot,
-    _floored,
+    _floored_map_times_v,
     _round_up,
     _scores,
-    _two_map_lse,
 )
 
 DEFAULT_BLOCK_K = 128
@@ -59,15 +57,8 @@ def _decode_kernel(live_ref, lam_ref, q1_ref, q2_ref, qpos_ref, qseg_ref, k1_ref
     # the training kernel's tile: key slot <= the query's slot, equal segment ids
     tile = functools.partial(_scores, q1, q2, k1_ref, k2_ref, kseg_ref, qseg, qpos, bk=bk,
                              scale=scale, causal=True)
-    lse1, lse2 = _two_map_lse(tile, n, q1.shape[0])
-
-    def accumulate(j, acc):
-        s1, s2 = tile(j)
-        a, _ = _floored(jnp.exp(s1 - lse1), jnp.exp(s2 - lse2), lam, floor)
-        v = v_ref[pl.ds(j * bk, bk), :]
-        return acc + _dot(a.astype(v.dtype), v)
-
-    acc = jax.lax.fori_loop(0, n, accumulate, jnp.zeros(o_ref.shape, F32))
+    acc, _, _ = _floored_map_times_v(tile, n, v_ref, lam, bk=bk, rows=q1.shape[0],
+                                     width=o_ref.shape[-1], floor=floor)
     o_ref[...] = acc.astype(o_ref.dtype)
 
 
