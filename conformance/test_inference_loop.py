@@ -248,8 +248,9 @@ def test_the_model_reads_only_the_live_bucket_of_its_cache(engine, loop_cfg):
 
 
 @pytest.mark.req("INF-06")
+@pytest.mark.parametrize("remat", ["none", "full"])  # 1b decodes with its "auto" = full
 @pytest.mark.parametrize("speculative", [False, True])
-def test_the_compiled_decode_loop_never_copies_the_cache(engine, loop_cfg, speculative):
+def test_the_compiled_decode_loop_never_copies_the_cache(loop_cfg, speculative, remat):
     """Each layer writes its new slots into the stacked cache in place and reads its live
     bucket: the optimized program of the on-device loop holds no copy of a cache-sized
     array (before, scanning the cache through the layers and a per-step lax.cond copied
@@ -257,7 +258,9 @@ def test_the_compiled_decode_loop_never_copies_the_cache(engine, loop_cfg, specu
     import re
 
     from pythoncoder.infer.sampling import GREEDY
+    from pythoncoder.model import build_model
 
+    engine = Engine(build_model(loop_cfg.replace(remat_policy=remat), seed=0))
     prompts = np.ones((2, PROMPT_LEN), np.int32)
     state, _, _ = engine.prefill(prompts, np.zeros((2,), np.int32), cache_len=256,
                                  key=jax.random.PRNGKey(0))

@@ -58,37 +58,44 @@ def topology_devices(name: str) -> list:
         raise RuntimeError(f"cannot compile for {name}: {type(e).__name__}: {e}") from e
 
 
+def compile_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any,
+                       abstract: Any, shardings: Any, mesh: Any) -> Any:
+    """The real train step for ``model_cfg`` (its remat policy), compiled ahead of time
+    for the training loop's inputs: the state in ``shardings`` (donated), the batch in
+    ``batch_sharding``, a replicated key.  Nothing is allocated."""
+    from pythoncoder.train.sharding import batch_sharding, replicated
+
+    graphdef, _ = nnx.split(abstract_model(model_cfg), nnx.Param)
+    rep = replicated(mesh)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         abstract, shardings)
+    batch = abstract_batch(train_cfg, batch_sharding(mesh))
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
+    step = jax.jit(make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight),
+                   in_shardings=(shardings, None, rep), out_shardings=(shardings, rep),
+                   donate_argnums=0)
+    # Trace for the target device: ModelConfig's "auto" attention and the Pallas kernels
+    # (Mosaic reads the chip generation from it) see that device (e.g. a TPU topology's),
+    # not this host.
+    with jax.default_device(mesh.devices.flat[0]):
+        return step.lower(state, batch, key).compile()
+
+
 def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                       topology: str | None = None) -> dict[str, Any]:
     """Compile the train step abstractly and return its memory analysis in bytes.
 
     With ``topology`` (e.g. ``"v6e-1"``) the TPU compiler itself compiles for that chip,
     as MaxText's ``train_compile`` does, from a CPU-only host."""
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
     from pythoncoder.train.sharding import make_mesh, state_shardings
 
     model = abstract_model(model_cfg)
-    graphdef, _ = nnx.split(model, nnx.Param)
     tx, _ = make_optimizer(train_cfg, total_steps=10 * train_cfg.warmup_steps + 10)
     state = abstract_train_state(model, tx)
-    batch = abstract_batch(train_cfg)
-    key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-    step_fn = make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight)
-    if topology is None:
-        devices = jax.devices()[:1]
-    else:
-        devices = topology_devices(topology)
+    devices = jax.devices()[:1] if topology is None else topology_devices(topology)
     mesh = make_mesh(1, len(devices), devices)
-    shardings = state_shardings(state, mesh)
-    rep = NamedSharding(mesh, P())
-    step = jax.jit(step_fn, in_shardings=(shardings, rep, rep), out_shardings=(shardings, rep),
-                   donate_argnums=0)
-    # Trace for the target device: ModelConfig's "auto" attention and the Pallas kernels
-    # (Mosaic reads the chip generation from it) see the TPU, not this CPU host.
-    with jax.default_device(devices[0]):
-        compiled = step.lower(state, batch, key).compile()
+    compiled = compile_train_step(model_cfg, train_cfg, tx, state,
+                                  state_shardings(state, mesh), mesh)
     mem = compiled.memory_analysis()
     arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
     temp, alias = int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes)

@@ -23,15 +23,11 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from pythoncoder.model import ModelConfig, abstract_model
+from pythoncoder.model import ModelConfig
 from pythoncoder.train.config import TrainConfig
-from pythoncoder.train.memory import abstract_batch
-from pythoncoder.train.sharding import batch_sharding, replicated
-from pythoncoder.train.step import make_train_step
+from pythoncoder.train.memory import compile_train_step as compile_step
 
 REMAT_ORDER = ("none", "dots", "full")  # fastest first
 HEADROOM = 0.9  # of the device memory: allocator fragmentation, the data prefetch, eval
@@ -65,23 +61,6 @@ def device_memory_bytes(device: Any, sharing: int = 1) -> int | None:
         except (ValueError, OSError):
             return None
     return int(avail) // max(sharing, 1)
-
-
-def compile_step(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
-                 shardings: Any, mesh: Any) -> Any:
-    """The train step for ``model_cfg``'s remat policy, compiled for the loop's inputs:
-    state in ``shardings`` (donated), the batch in ``batch_sharding``, a replicated key."""
-    graphdef, _ = nnx.split(abstract_model(model_cfg), nnx.Param)
-    rep = replicated(mesh)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         abstract, shardings)
-    batch = abstract_batch(train_cfg, batch_sharding(mesh))
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
-    step = jax.jit(make_train_step(graphdef, tx, mtp_weight=model_cfg.mtp_weight),
-                   in_shardings=(shardings, None, rep), out_shardings=(shardings, rep),
-                   donate_argnums=0)
-    with jax.default_device(mesh.devices.flat[0]):
-        return step.lower(state, batch, key).compile()
 
 
 def step_bytes(compiled: Any) -> int:

@@ -164,7 +164,9 @@ def test_train_resolves_auto_records_it_and_uses_it(tmp_path, monkeypatch):
             return real(graphdef, *a, **kw)
         return make
 
-    monkeypatch.setattr(remat_mod, "make_train_step", spy(compiled_for, remat_mod.make_train_step))
+    from pythoncoder.train import memory
+
+    monkeypatch.setattr(memory, "make_train_step", spy(compiled_for, memory.make_train_step))
     monkeypatch.setattr(loop, "make_train_step", spy(jitted, loop.make_train_step))
     lines: list[str] = []
     out = loop.train(cfg, tcfg, tmp_path / "data", tmp_path / "run", total_steps=3,
