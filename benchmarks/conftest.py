@@ -9,9 +9,12 @@
   use it are still read through ``pythoncoder.utils.figures.figures_from_extra_info``
   (flat ``figure``/``value``/``unit``/``limit``/``ratio`` keys, or the decode keys); a
   benchmark with no figure at all is listed with its best time.
-* At the end the figures go into ``build/benchmarks.json`` (pytest-benchmark's report,
-  key ``"figures"``; written by default), ``build/benchmark-figures.json`` and
-  ``build/benchmarks.md`` (figure | value | limit | ratio | device).
+* At the end the project writes its figures itself (whatever pytest-benchmark's version):
+  ``build/benchmarks.json`` (``figures``, each benchmark's timing statistics, the
+  device and the versions of the stack), ``build/benchmark-figures.json`` (the figures
+  alone) and ``build/benchmarks.md`` (figure | value | limit | ratio | device).  An
+  explicit ``--benchmark-json PATH`` still gets pytest-benchmark's own report, with the
+  figures added under ``"figures"``.
 
 Options (or environment variables): ``--bench-preset`` (``PYTHONCODER_BENCH_PRESET``:
 ``auto`` = ``1b`` on TPU/GPU, ``tiny`` on CPU), ``--bench-seq-len``,
@@ -33,9 +36,12 @@ from pythoncoder.model import ModelConfig
 from pythoncoder.utils import figures as figs
 from pythoncoder.utils import perf
 from pythoncoder.utils.figures import device_label
+from pythoncoder.utils.files import atomic_write_text
+from pythoncoder.utils.versions import stack_versions
 
 FIGURES = pytest.StashKey[list]()
 RUN_FIGURES = pytest.StashKey[list]()
+RUN_TIMINGS = pytest.StashKey[list]()
 FIRST = "test_bench_ceilings.py"
 
 
@@ -64,16 +70,12 @@ def _out_dir(config: pytest.Config) -> Path:
     return out if out.is_absolute() else Path(config.rootpath) / out
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # Runs before pytest-benchmark reads its options: default the JSON into build/.
-    if config.getoption("benchmark_json", None) is None and not config.option.collectonly:
-        out = _out_dir(config)
-        out.mkdir(parents=True, exist_ok=True)
-        # pytest-benchmark's option is an argparse.FileType("wb"): it writes to a file
-        # object, so hand it one (a Path crashed the run at the end: no .write).
-        config.option.benchmark_json = open(out / "benchmarks.json", "wb")  # noqa: SIM115
+    # pytest-benchmark's options are left as given: its --benchmark-json changed type
+    # between releases (a file object up to 5.2, a Path from 5.3), so the project writes
+    # its own report in pytest_sessionfinish instead of defaulting that option.
     config.stash[RUN_FIGURES] = []
+    config.stash[RUN_TIMINGS] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
@@ -159,6 +161,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if call.when != "call" or not rep.passed:
         return
     bench = getattr(item, "funcargs", {}).get("benchmark")
+    timing = _timing(item.nodeid, bench)
+    if timing is not None:
+        item.config.stash[RUN_TIMINGS].append(timing)
     rows = item.stash.get(FIGURES, [])
     found = [figs.figure_from_dict(r, benchmark=item.nodeid, device=device_label()) for r in rows]
     if not found and bench is not None:
@@ -170,6 +175,23 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     item.config.stash[RUN_FIGURES].extend(found)
 
 
+STATS = ("min", "max", "mean", "stddev", "median", "rounds", "iterations")
+
+
+def _timing(nodeid: str, bench) -> dict | None:
+    """One benchmark's timing statistics (seconds), read from the fixture's attributes
+    that every pytest-benchmark release since 4.0 has; None if it timed nothing."""
+    stats = getattr(getattr(bench, "stats", None), "stats", None)
+    if stats is None:
+        return None
+    row = {"benchmark": nodeid}
+    for key in STATS:
+        value = getattr(stats, key, None)
+        if isinstance(value, int | float):
+            row[key] = value
+    return row
+
+
 def run_figures(config: pytest.Config) -> list[figs.Figure]:
     return figs.resolve(config.stash.get(RUN_FIGURES, []))
 
@@ -178,17 +200,39 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json)
     output_json["figures"] = [f.as_dict() for f in run_figures(config)]
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
-    found = run_figures(session.config)
-    if not found:
-        return
-    out = _out_dir(session.config)
+def write_report(config: pytest.Config, out: Path) -> list[Path]:
+    """Write this run's figures and timings into ``out``; the files written.
+
+    ``benchmarks.json`` is skipped when ``--benchmark-json`` names that same file
+    (pytest-benchmark writes it then, figures included by the hook above)."""
+    found = run_figures(config)
+    timings = config.stash.get(RUN_TIMINGS, [])
+    if not found and not timings:
+        return []
     out.mkdir(parents=True, exist_ok=True)
-    header = (f"Benchmarks on {device_label()} (JAX {jax.__version__}, backend "
-              f"{jax.default_backend()}); each limit is measured in the same run.\n\n")
-    (out / "benchmarks.md").write_text(header + figs.markdown_table(found))
-    (out / "benchmark-figures.json").write_text(
-        json.dumps([f.as_dict() for f in found], indent=2) + "\n")
+    written = []
+    theirs = config.getoption("benchmark_json", None)
+    theirs = getattr(theirs, "name", theirs)  # a file object up to pytest-benchmark 5.2
+    mine = out / "benchmarks.json"
+    if theirs is None or Path(theirs).resolve() != mine.resolve():
+        report = {"device": device_label(), "backend": jax.default_backend(),
+                  "versions": stack_versions(), "figures": [f.as_dict() for f in found],
+                  "benchmarks": timings}
+        atomic_write_text(mine, json.dumps(report, indent=2) + "\n")
+        written.append(mine)
+    if found:
+        header = (f"Benchmarks on {device_label()} (JAX {jax.__version__}, backend "
+                  f"{jax.default_backend()}); each limit is measured in the same run.\n\n")
+        atomic_write_text(out / "benchmarks.md", header + figs.markdown_table(found))
+        atomic_write_text(out / "benchmark-figures.json",
+                          json.dumps([f.as_dict() for f in found], indent=2) + "\n")
+        written += [out / "benchmarks.md", out / "benchmark-figures.json"]
+    return written
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    if not session.config.option.collectonly:
+        write_report(session.config, _out_dir(session.config))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

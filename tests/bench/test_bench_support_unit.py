@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +62,29 @@ def test_bench_preset(name, backend, want):
 
 
 def test_benchmark_run_writes_its_json_report(tmp_path):
-    """`pytest benchmarks` without --benchmark-json writes build/benchmarks.json (it crashed
-    at the end when the default was a Path instead of a file)."""
+    """The benchmarks' reporting path against the installed pytest-benchmark: `pytest
+    benchmarks` writes the project's own report (figures, timings, versions) whatever
+    pytest-benchmark's release (5.3 crashed at the end when the project set its
+    --benchmark-json option), and an explicit --benchmark-json still gets
+    pytest-benchmark's report with the figures added."""
+    out, theirs = tmp_path / "out", tmp_path / "theirs.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks/test_bench_ceilings.py", "-q",
-         "-p", "no:cacheprovider", "--bench-out", str(tmp_path), "-k", "bandwidth"],
+         "-p", "no:cacheprovider", "--bench-out", str(out), "-k", "bandwidth",
+         f"--benchmark-json={theirs}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert report["benchmarks"] and "figures" in report
-    assert (tmp_path / "benchmarks.md").read_text().startswith("Benchmarks on")
+    mine = json.loads((out / "benchmarks.json").read_text())
+    assert mine["versions"]["pytest-benchmark"] == metadata.version("pytest-benchmark")
+    assert mine["versions"]["jax"] == metadata.version("jax")
+    (figure,) = mine["figures"]
+    assert figure["unit"] == "GB/s" and figure["value"] > 0, figure
+    (timing,) = mine["benchmarks"]
+    assert timing["benchmark"].endswith(figure["benchmark"].rsplit("::", 1)[-1])
+    assert 0 < timing["min"] <= timing["mean"] <= timing["max"] and timing["rounds"] >= 1
+    assert json.loads((out / "benchmark-figures.json").read_text()) == mine["figures"]
+    assert (out / "benchmarks.md").read_text().startswith("Benchmarks on")
+    report = json.loads(theirs.read_text())
+    assert [b["name"] for b in report["benchmarks"]] == [figure["benchmark"].split("::")[-1]]
+    assert report["figures"] == mine["figures"]
