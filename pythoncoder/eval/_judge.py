@@ -5,13 +5,17 @@ executes candidate code and never unpickles anything. For each job the harness s
 the ``SOCK_SEQPACKET`` control socket, a JSON header (trusted problem text) and two pipe
 descriptors to a freshly started candidate (``SCM_RIGHTS``). The judge
 
-1. reads the candidate's first line (``ready`` or ``FAIL <reason>``);
-2. runs the problem's prelude (e.g. HumanEval's prompt with its helpers), binds each
-   candidate function name to a proxy, runs the test text and ``check(candidate)``
-   (HumanEval) or the asserts (MBPP);
-3. each proxy call sends ``("call", name, args, kwargs)`` as plain data and gets back
-   plain data (``_wire``): built-in objects made here, so no candidate object can answer
-   ``==``; list/dict/set arguments the candidate mutated are copied back;
+1. traces the test against the problem's reference solution (cached per problem): the
+   prelude (e.g. HumanEval's prompt with its helpers), the test text and ``check(...)``
+   (HumanEval) or the asserts (MBPP), each call of a candidate function recorded as
+   ``("call", name, args, kwargs)`` plain data (``_wire``), ``random`` seeded the same;
+2. reads the candidate's first line (``ready`` or ``FAIL <reason>``) and sends it every
+   traced call, whatever it answers, collecting the plain-data replies;
+3. runs the test again with proxies that return those replies (built-in objects made
+   here, so no candidate object can answer ``==``; list/dict/set arguments the candidate
+   mutated are copied back); a call unlike the traced one (built from a wrong answer)
+   fails. So the candidate is never told, by being called again, that an answer was
+   right. A job without a reference calls the candidate live instead;
 4. answers ``{"verdict": "passed" | "failed" | "unsupported", "reason": ...}``.
    ``unsupported`` means the test itself passes something that is not plain data (a
    function, an object) to the candidate: the harness then falls back to the weak,
@@ -79,39 +83,56 @@ class Channel:
                 raise CandidateGone("the candidate wrote garbage")
         return line[:-1].decode("utf-8", "replace")
 
-    def call(self, name, args, kwargs):
-        try:
-            payload = encode(("call", name, list(args), dict(kwargs)))
-        except WireLimitError:
-            # Plain data past a cap can only be built from the candidate's own earlier
-            # answers (a test's constants are small): a fail, never the weak fallback,
-            # which a candidate could otherwise choose for itself.
-            raise CandidateGone(f"an argument to {name} is past the wire's limits") from None
-        except WireError as e:
-            raise Unsupported(f"argument to {name}: {e}") from None
+    def exchange(self, payload):
+        """Send one call (an encoded payload) and return the decoded reply."""
         try:
             write_all(os.write, self.out_fd, frame(payload))
-            reply = decode(read_frame(os.read, self.in_fd))
+            return decode(read_frame(os.read, self.in_fd))
         except (OSError, EOFError):
-            raise CandidateGone(f"the candidate died during a call to {name}") from None
-        except WireError as e:
-            raise CandidateGone(f"malformed reply from {name}: {e}") from None
-        if type(reply) is not tuple or not reply:
-            raise CandidateGone(f"malformed reply from {name}")
-        if reply[0] == "ok" and len(reply) == 3 and type(reply[2]) is list \
-                and len(reply[2]) == len(args):
-            for arg, new in zip(args, reply[2]):
-                _copy_back(arg, new)
-            return reply[1]
-        if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str:
-            # The type crosses (a test may expect e.g. ValueError); the candidate's message
-            # does not, so no text of its choosing reaches the results.
-            exc_type = _EXCEPTIONS.get(reply[1], RuntimeError)
-            raise exc_type(f"raised by {name} in the sandbox")
-        if reply[0] == "bad" and len(reply) == 2:
-            # fixed text: the reply's description is the candidate's to choose
-            raise CandidateGone(f"{name} returned a value that is not plain data")
+            return _GONE
+        except WireError:
+            return _MALFORMED
+
+    def call(self, name, args, kwargs):
+        """A live call (no reference to trace): send, wait, interpret."""
+        return _interpret(name, args, self.exchange(_encode_call(name, args, kwargs)))
+
+
+_GONE, _MALFORMED = ("gone",), ("malformed",)
+
+
+def _encode_call(name, args, kwargs):
+    try:
+        return encode(("call", name, list(args), dict(kwargs)))
+    except WireLimitError:
+        # Plain data past a cap can only be built from the candidate's own earlier
+        # answers (a test's constants are small): a fail, never the weak fallback,
+        # which a candidate could otherwise choose for itself.
+        raise CandidateGone(f"an argument to {name} is past the wire's limits") from None
+    except WireError as e:
+        raise Unsupported(f"argument to {name}: {e}") from None
+
+
+def _interpret(name, args, reply):
+    """What a call of the test returns (or raises), given the candidate's reply."""
+    if reply is _GONE:
+        raise CandidateGone(f"the candidate died during a call to {name}")
+    if reply is _MALFORMED or type(reply) is not tuple or not reply:
         raise CandidateGone(f"malformed reply from {name}")
+    if reply[0] == "ok" and len(reply) == 3 and type(reply[2]) is list \
+            and len(reply[2]) == len(args):
+        for arg, new in zip(args, reply[2]):
+            _copy_back(arg, new)
+        return reply[1]
+    if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str:
+        # The type crosses (a test may expect e.g. ValueError); the candidate's message
+        # does not, so no text of its choosing reaches the results.
+        exc_type = _EXCEPTIONS.get(reply[1], RuntimeError)
+        raise exc_type(f"raised by {name} in the sandbox")
+    if reply[0] == "bad" and len(reply) == 2:
+        # fixed text: the reply's description is the candidate's to choose
+        raise CandidateGone(f"{name} returned a value that is not plain data")
+    raise CandidateGone(f"malformed reply from {name}")
 
 
 def _copy_back(arg, new):
@@ -134,30 +155,135 @@ def _proxy(channel, name):
     return candidate
 
 
-def judge(job, channel):
-    first = channel.first_line()
-    if first != "ready":
-        if first.startswith("FAIL "):  # the exception's type only: its text is the candidate's
-            name = first[5:].split(":", 1)[0]
-            known = name if name in _EXCEPTIONS or name in ("SyntaxError", "AssertionError") \
-                else "an exception"
-            return "failed", f"the candidate failed to load ({known})"
-        return "failed", "the candidate wrote an unexpected first line"
+def _load_failure(first):
+    if first.startswith("FAIL "):  # the exception's type only: its text is the candidate's
+        name = first[5:].split(":", 1)[0]
+        known = name if name in _EXCEPTIONS or name in ("SyntaxError", "AssertionError") \
+            else "an exception"
+        return "failed", f"the candidate failed to load ({known})"
+    return "failed", "the candidate wrote an unexpected first line"
+
+
+_SEED = 20210707  # the test program's random numbers: the same in every run of it
+
+
+def _run_test(job, proxies):
+    """The problem's test with ``proxies`` standing for the candidate's functions."""
+    import random
+
+    random.seed(_SEED)  # unseeded tests (HumanEval/38, /53): the same calls every run
     namespace = {"__name__": "__judge__"}
-    proxies = {name: _proxy(channel, name) for name in job["names"]}
     namespace.update(proxies)
     exec(compile(job["prelude"], "<problem>", "exec"), namespace)
     namespace.update(proxies)  # the prompt's stub of the entry point is not the candidate
     exec(compile(job["test"], "<test>", "exec"), namespace)
     if job["entry"] is not None:
         namespace["check"](proxies[job["entry"]])
+
+
+_TRACES = {}  # the calls of each problem's test, made against its reference solution
+_TRACE_CACHE = 256
+
+
+def trace(job):
+    """The calls (encoded) the test makes when the reference solution answers them.
+
+    This is the whole call sequence every candidate of the problem then gets, whatever
+    it answers; ``Unsupported`` if the test hands the reference non-plain data."""
+    key = json.dumps([job["prelude"], job["test"], job["names"], job["entry"],
+                      job["reference"]])
+    if key in _TRACES:
+        calls = _TRACES[key]
+        if isinstance(calls, Unsupported):
+            raise calls
+        return calls
+    reference = {"__name__": "__reference__"}
+    calls = []
+
+    def recorder(name):
+        def candidate(*args, **kwargs):
+            payload = _encode_call(name, args, kwargs)
+            calls.append(payload)
+            fn = reference.get(name)
+            if not callable(fn):
+                raise NameError(f"name {name!r} is not defined")
+            _, _, fresh, fresh_kwargs = decode(payload)  # what a candidate would get
+            result = fn(*fresh, **fresh_kwargs)
+            for arg, new in zip(args, fresh):
+                _copy_back(arg, new)
+            try:
+                return decode(encode(result))
+            except WireError:
+                raise Unsupported(f"the reference {name} returns non-plain data") from None
+
+        candidate.__name__ = candidate.__qualname__ = name
+        return candidate
+
+    outcome = calls
+    try:
+        exec(compile(job["reference"], "<reference>", "exec"), reference)
+        _run_test(job, {name: recorder(name) for name in job["names"]})
+    except Unsupported as e:
+        outcome = e
+    except BaseException:  # noqa: S110 - a failing reference ends the trace where it failed
+        pass
+    if len(_TRACES) >= _TRACE_CACHE:
+        _TRACES.pop(next(iter(_TRACES)))
+    _TRACES[key] = outcome
+    if isinstance(outcome, Unsupported):
+        raise outcome
+    return calls
+
+
+def judge(job, channel):
+    """The verdict for one candidate.
+
+    With a reference solution (``job["reference"]``) the candidate's calls do not depend
+    on its answers: the test's call sequence is traced against the reference first, the
+    candidate then answers every one of those calls, and only afterwards the test runs
+    again on the recorded answers (a call that differs from the trace, because the test
+    built it from an earlier wrong answer, fails). Being called again therefore says
+    nothing about an earlier answer. Without a reference the test calls the candidate
+    live, as it runs (a failed check stops the calls)."""
+    calls = trace(job) if job.get("reference") is not None else None
+    first = channel.first_line()
+    if first != "ready":
+        return _load_failure(first)
+    if calls is None:
+        _run_test(job, {name: _proxy(channel, name) for name in job["names"]})
+        return "passed", ""
+    replies = []
+    for payload in calls:
+        reply = channel.exchange(payload)
+        replies.append(reply)
+        if reply is _GONE:
+            break
+    position = [0]
+
+    def replayer(name):
+        def candidate(*args, **kwargs):
+            payload = _encode_call(name, args, kwargs)
+            i = position[0]
+            position[0] += 1
+            if i >= len(replies) and i < len(calls) and payload == calls[i]:
+                raise CandidateGone(f"the candidate died during a call to {name}")
+            if i >= len(calls) or payload != calls[i]:
+                raise CandidateGone(f"the test called {name} with arguments built from an "
+                                    "earlier wrong answer")
+            return _interpret(name, args, replies[i])
+
+        candidate.__name__ = candidate.__qualname__ = name
+        return candidate
+
+    _run_test(job, {name: replayer(name) for name in job["names"]})
     return "passed", ""
 
 
 def main():
     control = socket.socket(fileno=int(sys.argv[1]))
     uid, gid, memory = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    import resource  # before the uid drop: outside bwrap the stdlib may be root-only
+    import random  # noqa: F401 - before the uid drop: outside bwrap the stdlib may be
+    import resource  # root-only (a 0700 parent); the tests' random is seeded per run
 
     if uid >= 0 and os.getuid() == 0:  # trusted, but it needs no privilege either
         os.setgroups([])

@@ -1,9 +1,13 @@
-"""Candidate side of the sandbox (``python -I -S -B _sandbox_child.py OUT IN UID GID WORK LIMITS``).
+"""Candidate side of the sandbox (``python -I -S -B _sandbox_child.py``).
 
 Started (usually ahead of time) inside the kernel sandbox that ``sandbox.py`` builds, as a
 script in a fresh interpreter; never imported by the package. Trusted code, run before
 any candidate code:
 
+0. reads its set-up from the first line of stdin (``OUT IN UID GID WORK WORK_BYTES
+   WORK_INODES`` and the limits; never argv, so no host path is on a command line); with
+   ``WORK_BYTES`` (root harness, bwrap) mounts ``WORK`` as a tmpfs capped in bytes and
+   inodes while it still has its capabilities;
 1. drops to ``UID``/``GID`` if it is root (bubblewrap run by root keeps root until here;
    ``setuid`` then clears every capability; ``no_new_privs`` is already set by bwrap)
    and enters the per-sample work directory;
@@ -106,22 +110,58 @@ def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
             exit_now(3)
 
 
+def _mount_work(workdir, size, inodes, uid, gid):
+    """A tmpfs capped in bytes and inodes on ``workdir``, owned by the sample's uid (the
+    root harness's child still has its capabilities here; ``_ctypes`` alone, not
+    ``ctypes``, to keep the start cheap)."""
+    import _ctypes
+
+    class _Int(_ctypes._SimpleCData):
+        _type_ = "i"
+
+    class _Fn(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = _Int
+
+    mount = _Fn(_ctypes.dlsym(_ctypes.dlopen(None, 0), "mount"))
+    options = f"size={size},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}".encode()
+    if mount(b"tmpfs", workdir.encode(), b"tmpfs", 2 | 4 | 8, options) != 0:  # nosuid nodev noexec
+        raise OSError(_ctypes.get_errno(), f"cannot mount the {workdir} tmpfs")
+
+
+def _read_setup():
+    """The first line of stdin (the harness's set-up) and whatever followed it."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(0, 4096)
+        if not chunk:
+            os._exit(4)
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return line.decode("ascii").split(" "), rest
+
+
 def _main():
     write, exit_now = os.write, os._exit  # held before the program can monkeypatch os
-    out_fd, in_fd, uid, gid, workdir = sys.argv[1:6]
-    out_fd, in_fd, uid, gid = int(out_fd), int(in_fd), int(uid), int(gid)
-    cpu_s, memory, file_size, nproc, nofile = (int(a) for a in sys.argv[6:11])
+    setup, rest = _read_setup()
+    out_fd, in_fd, uid, gid = (int(a) for a in setup[:4])
+    workdir = setup[4]
+    work_bytes, work_inodes, cpu_s, memory, file_size, nproc, nofile = (
+        int(a) for a in setup[5:12])
+    if work_bytes:
+        _mount_work(workdir, work_bytes, work_inodes, max(uid, 0), gid)
     os.chdir(workdir)
     wire_source = _read_wire()
     if not __file__.startswith("/sbx/"):  # outside bwrap the stdlib may be root-only
         import resource  # noqa: F401 - loaded now, while still root
     if uid >= 0 and os.getuid() == 0:
-        os.chown(workdir, uid, gid)
+        if not work_bytes:
+            os.chown(workdir, uid, gid)
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)  # all of real, effective and saved: capabilities are cleared
 
-    chunks = []
+    chunks = [rest]
     while chunk := os.read(0, 1 << 16):
         chunks.append(chunk)
     data = b"".join(chunks)

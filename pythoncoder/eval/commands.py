@@ -25,7 +25,12 @@ from pythoncoder.eval.harness import (
     write_jsonl,
 )
 from pythoncoder.eval.passk import DEFAULT_KS
-from pythoncoder.eval.sandbox import SandboxConfig, default_workers
+from pythoncoder.eval.sandbox import (
+    SandboxConfig,
+    SandboxUnusable,
+    check_usable,
+    default_workers,
+)
 from pythoncoder.utils.argtypes import nonnegative_float, positive_float, positive_int
 
 GENERATION_UNAVAILABLE = (
@@ -111,6 +116,11 @@ def run_eval(args: argparse.Namespace) -> int:
         return 2
     if args.limit is not None:
         problems = dict(list(problems.items())[: args.limit])
+    try:  # before generating or scoring anything: never a results file of misjudged fails
+        check_usable(config)
+    except SandboxUnusable as e:
+        print(f"pythoncoder eval {name}: {e}", file=sys.stderr)
+        return 2
 
     if args.run is not None:
         try:

@@ -36,6 +36,19 @@ def truncate_at_stop(text: str, stop: Iterable[str]) -> str:
     return text[:cut]
 
 
+def reference_source(solution: str | None, before: str = "", after: str = "") -> str | None:
+    """The trusted reference the judge traces the test's calls against (EVAL-05), or
+    ``None`` (live calls) if there is none or it does not compile."""
+    if not isinstance(solution, str) or not solution.strip():
+        return None
+    source = f"{before}{solution}\n{after}"
+    try:
+        compile(source, "<reference>", "exec")
+    except (SyntaxError, ValueError):
+        return None
+    return source
+
+
 def evaluate_samples(
     samples: Sequence[Mapping[str, Any]],
     build_program: Callable[[Mapping[str, Any]], str | Job],

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pythoncoder.eval.harness import evaluate_samples, read_jsonl
+from pythoncoder.eval.harness import evaluate_samples, read_jsonl, reference_source
 from pythoncoder.eval.sandbox import Job, SandboxConfig
 
 # Stop sequences for HumanEval generation: the next top-level statement ends the body.
@@ -55,14 +55,16 @@ def program(problem: Mapping[str, Any], completion: str) -> str:
 
 def judge_spec(problem: Mapping[str, Any]) -> dict[str, Any] | None:
     """What the trusted judge runs: the prompt (its helpers are problem text), the test
-    and ``check(<entry point>)``; ``None`` if the prompt alone does not compile."""
+    and ``check(<entry point>)``, with prompt + canonical solution as the reference its
+    calls are traced against; ``None`` if the prompt alone does not compile."""
     try:
         compile(problem["prompt"], "<prompt>", "exec")
     except SyntaxError:
         return None
     entry = problem["entry_point"]
     return {"prelude": problem["prompt"], "test": problem["test"], "names": [entry],
-            "entry": entry}
+            "entry": entry, "reference": reference_source(problem.get("canonical_solution"),
+                                                   problem["prompt"])}
 
 
 def job(problem: Mapping[str, Any], completion: str) -> Job:

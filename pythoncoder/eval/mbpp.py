@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pythoncoder.eval.harness import evaluate_samples, read_jsonl
+from pythoncoder.eval.harness import evaluate_samples, read_jsonl, reference_source
 from pythoncoder.eval.sandbox import Job, SandboxConfig
 
 MBPP_FIELDS = ("task_id", "text", "code", "test_list")
@@ -93,7 +93,8 @@ def judge_spec(problem: Mapping[str, Any]) -> dict[str, Any] | None:
     # ``assert math.isclose(area(2), 12.56)``: the judge imports ``math`` itself (a stdlib
     # module named by the trusted test text) instead of asking the candidate for it.
     prelude = "".join(f"import {m}\n" for m in sorted(modules)) + setup
-    return {"prelude": prelude, "test": test, "names": names, "entry": None}
+    return {"prelude": prelude, "test": test, "names": names, "entry": None,
+            "reference": reference_source(problem.get("code"), after=setup)}
 
 
 def _stdlib_modules_used(tree: ast.AST, free: set[str]) -> set[str]:

@@ -62,6 +62,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -88,19 +89,22 @@ class SandboxConfig:
 
     ``max_processes`` is the ``RLIMIT_NPROC`` value for uid 65534: 0 forbids ``fork``.
     ``isolation`` is ``"auto"`` (bwrap, else unshare, else none, with a warning),
-    or one of ``"bwrap"``, ``"unshare"``, ``"none"`` to force it.
+    or one of ``"bwrap"``, ``"unshare"``, ``"none"`` to force it. ``work_bytes`` and
+    ``work_inodes`` cap the sample's writable ``/work`` tmpfs (inodes: root harness).
     """
 
     timeout_s: float = 3.0
     memory_bytes: int = 2 * 1024**3
     file_size_bytes: int = 16 * 1024**2
     work_bytes: int = 64 * 1024**2
+    work_inodes: int = 4096
     max_processes: int = 0
     max_open_files: int = 64
     output_cap_bytes: int = 64 * 1024
     isolate_network: bool = True
     isolation: str = "auto"
     python: str = sys.executable
+    seccomp: bool = True  # False only to show, in tests, what the filter stops
 
     @property
     def cpu_seconds(self) -> int:
@@ -161,8 +165,10 @@ def sanitize(text: str, cap: int = REASON_CAP) -> str:
 
 
 def _python_roots(python: str) -> list[str]:
+    """The Python installation to show in the sandbox: the base one (``-I -S`` never uses
+    a virtualenv, so its directory, often under ``/tmp`` or a home, stays hidden)."""
     real = os.path.realpath(python)
-    roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+    roots = {os.path.realpath(sys.base_prefix)}
     if not any(real.startswith(r + os.sep) for r in roots):
         roots.add(os.path.dirname(real))
     return sorted(roots)
@@ -187,6 +193,9 @@ def _script_dir(python: str) -> str:
                 importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))
         for written in Path(folder).iterdir():
             written.chmod(0o644)
+    # The interpreter as the sandbox starts it: ``/sbx/python``, so that no command line
+    # in the sandbox (bwrap's own is its PID 1's) names a host path.
+    os.symlink(os.path.realpath(python), os.path.join(folder, "python"))
     return folder
 
 
@@ -200,7 +209,8 @@ def _script(python: str, kind: str, name: str) -> str:
 
 @functools.cache
 def _bwrap_base(python: str, unprivileged: bool) -> tuple[str, ...]:
-    args = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session",
+    """bwrap's options (passed through ``--args FD``, never on its command line)."""
+    args = ["--die-with-parent", "--new-session",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try"]
     if unprivileged:
@@ -241,19 +251,73 @@ def _bwrap_base(python: str, unprivileged: bool) -> tuple[str, ...]:
 
 
 @functools.cache
-def _probe(kind: str, python: str) -> bool:
-    if kind == "bwrap":
-        if shutil.which("bwrap") is None:
-            return False
-        cmd = [*_bwrap_base(python, os.geteuid() != 0), "--perms", "1777", "--tmpfs", _WORK,
-               "--chdir", _WORK, python, "-I", "-S", "-c", "pass"]
-    else:
-        if shutil.which("unshare") is None:
-            return False
-        cmd = [*_unshare_prefix(), python, "-I", "-S", "-c", "pass"]
+def _seccomp_program() -> bytes | None:
+    from pythoncoder.eval import _seccomp
+
+    return _seccomp.program()
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe holding ``data`` (then EOF): read once, never rewound."""
+    r, w = os.pipe()
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.SubprocessError):
+        if len(data) > 60000:  # a pipe buffer holds 64 KiB: the write must not block
+            raise ValueError("sandbox options too long")
+        os.write(w, data)
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    return r
+
+
+def _bwrap_popen(options: Sequence[str], command: Sequence[str], seccomp: bool,
+                 pass_fds: Sequence[int] = (), **kwargs: Any) -> subprocess.Popen:
+    """Start ``command`` in bwrap: options through ``--args FD`` and the seccomp filter
+    through ``--seccomp FD``, so bwrap's command line (what ``/proc/1/cmdline`` shows
+    inside) is ``bwrap --args N [--seccomp M] /sbx/python ...``, no host path."""
+    fds = [_pipe_with(b"".join(os.fsencode(a) + b"\0" for a in options))]
+    argv = ["bwrap", "--args", str(fds[0])]
+    try:
+        program = _seccomp_program() if seccomp else None
+        if program is not None:
+            fds.append(_pipe_with(program))
+            argv += ["--seccomp", str(fds[1])]
+        return subprocess.Popen([*argv, *command], executable=shutil.which("bwrap"),
+                                pass_fds=(*pass_fds, *fds), **kwargs)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _sbx_python(python: str, kind: str) -> str:
+    _script_dir(python)
+    return f"{_SBX}/python" if kind == "bwrap" else python
+
+
+@functools.cache
+def _probe(kind: str, python: str) -> bool:
+    try:
+        if kind == "bwrap":
+            if shutil.which("bwrap") is None:
+                return False
+            proc = _bwrap_popen(
+                [*_bwrap_base(python, os.geteuid() != 0), "--perms", "1777", "--tmpfs", _WORK,
+                 "--chdir", _WORK], [_sbx_python(python, kind), "-I", "-S", "-c", "pass"],
+                seccomp=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            if shutil.which("unshare") is None:
+                return False
+            proc = subprocess.Popen([*_unshare_prefix(), python, "-I", "-S", "-c", "pass"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            return proc.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+    except (OSError, subprocess.SubprocessError, ValueError):
         return False
 
 
@@ -296,6 +360,87 @@ def isolation(config: SandboxConfig | None = None) -> str:
     return kind
 
 
+def _missing_mechanisms(config: SandboxConfig, kind: str) -> list[str]:
+    """What this host's bwrap sandbox lacks of the full design, and what that means."""
+    if kind != "bwrap":
+        return []  # the isolation warning says it all
+    missing = []
+    if not config.seccomp or _seccomp_program() is None:
+        missing.append(
+            f"no seccomp filter ({'disabled' if not config.seccomp else os.uname().machine}): "
+            "samples may use the kernel keyring (state that outlives them), create user "
+            "namespaces when the harness is root, and hold SysV/POSIX shared memory outside "
+            "the memory limit")
+    if os.geteuid() != 0:
+        missing.append(
+            "no inode cap on /work (bubblewrap cannot set nr_inodes; the harness mounts it "
+            "only when root): a sample can create files until its bytes cap, about "
+            f"{config.work_bytes // 1024**2} MiB of inodes' kernel memory")
+    return missing
+
+
+def _warn_missing(config: SandboxConfig, kind: str) -> None:
+    for text in _missing_mechanisms(config, kind):
+        if text not in _WARNED:
+            _WARNED.add(text)
+            warnings.warn(f"pythoncoder eval sandbox: {text}.", RuntimeWarning, stacklevel=3)
+
+
+class SandboxUnusable(RuntimeError):
+    """The sandbox cannot run a trivial correct program here: scoring would misjudge."""
+
+
+# A correct program that imports what HumanEval solutions import, judged both ways.
+_SELF_TEST = "from typing import List\nimport json\nimport math\n\n\n" \
+             "def f(x):\n    return math.floor(x) + len(json.dumps([1]))\n"
+_SELF_TEST_JUDGE = {"prelude": "", "test": "assert f(1.5) == 4\n", "names": ["f"],
+                    "entry": None, "reference": _SELF_TEST}
+_CHECKED: dict[tuple[SandboxConfig, str], str | None] = {}
+_CHECK_LOCK = threading.Lock()
+
+
+def check_usable(config: SandboxConfig | None = None) -> None:
+    """Raise :class:`SandboxUnusable` (one line: what is missing, how to fix it) unless
+    the sandbox passes a trivial correct program, judged and in-sandbox. Once per
+    configuration and process; :func:`run_programs` calls it before any sample."""
+    config = config or SandboxConfig()
+    kind = isolation(config)
+    with _CHECK_LOCK:
+        if (config, kind) not in _CHECKED:
+            _CHECKED[(config, kind)] = _self_test(config, kind)
+        message = _CHECKED[(config, kind)]
+    if message is not None:
+        raise SandboxUnusable(message)
+
+
+def _self_test(config: SandboxConfig, kind: str) -> str | None:
+    probe = dataclasses.replace(config, timeout_s=max(config.timeout_s, 30.0))
+    slot = _Slot(probe, prestart=False)
+    try:
+        result = slot.run(Job(_SELF_TEST, _SELF_TEST_JUDGE))
+        if result.passed:
+            result = slot.run(Job(_SELF_TEST + "assert f(1.5) == 4\n"))
+    except Exception as e:  # noqa: BLE001 - reported as the reason it is unusable
+        return sanitize(f"the evaluation sandbox ({kind}) cannot start: {type(e).__name__}: "
+                        f"{e}; install bubblewrap (apt-get install bubblewrap)", 400)
+    finally:
+        slot.close()
+    if result.passed:
+        return None
+    stdlib = sysconfig.get_paths()["stdlib"]
+    if kind != "bwrap" and os.geteuid() == 0 and not _others_can_read(stdlib):
+        return (f"the evaluation sandbox cannot run Python: without bubblewrap samples run "
+                f"as uid {SANDBOX_UID}, which cannot read the Python installation ({stdlib}: a "
+                f"parent directory is not world-readable); install bubblewrap (apt-get install "
+                f"bubblewrap) or use a Python installed outside that directory")
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    detail = result.result + (f"; {errors[-1]}" if errors else "")
+    fix = ("install bubblewrap (apt-get install bubblewrap)" if kind != "bwrap" else
+           "see the README's 'Evaluation sandbox' section")
+    return sanitize(f"the evaluation sandbox ({kind}) fails a trivial correct program "
+                    f"({detail}); {fix}", 400)
+
+
 def _others_can_read(path: str) -> bool:
     """Whether a process of another uid can reach and list ``path`` (mode bits only)."""
     p = Path(path).resolve()
@@ -324,24 +469,39 @@ class _Candidate:
         c2j_r, c2j_w = os.pipe()
         j2c_r, j2c_w = os.pipe()
         self.out_r, self.in_w = c2j_r, j2c_w
+        root = os.geteuid() == 0
+        mount_work = kind == "bwrap" and root  # the child mounts /work: bytes and inodes
         if kind == "bwrap":
             workdir = _WORK
-            prefix = [*_bwrap_base(config.python, os.geteuid() != 0), "--perms", "1777",
-                      "--size", str(config.work_bytes), "--tmpfs", _WORK, "--chdir", _WORK]
+            options = [*_bwrap_base(config.python, not root)]
+            if mount_work:
+                options += ["--dir", _WORK, "--chdir", "/"]
+            else:  # bwrap's tmpfs: bytes capped, inodes not (no way to ask it)
+                options += ["--perms", "1777", "--size", str(config.work_bytes),
+                            "--tmpfs", _WORK, "--chdir", _WORK]
         else:
             self.workdir = workdir = tempfile.mkdtemp(prefix="pythoncoder-sbx-")
             os.chmod(workdir, 0o777)
-            prefix = _unshare_prefix() if kind == "unshare" else []
-        script = _script(config.python, kind, "_sandbox_child.py")
-        uid = SANDBOX_UID if os.geteuid() == 0 else -1
-        cmd = [*prefix, config.python, "-I", "-S", "-B", script, str(c2j_w), str(j2c_r),
-               str(uid), str(SANDBOX_GID), workdir, *_limits(config)]
+        self.argv0 = _sbx_python(config.python, kind)
+        cmd = [self.argv0, "-I", "-S", "-B", _script(config.python, kind, "_sandbox_child.py")]
+        # The child's set-up comes on stdin, not argv: no host path on any command line.
+        uid = SANDBOX_UID if root else -1
+        setup = " ".join(map(str, (
+            c2j_w, j2c_r, uid, SANDBOX_GID, workdir,
+            config.work_bytes if mount_work else 0, config.work_inodes,
+            *_limits(config)))) + "\n"
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     cwd="/", env=env, start_new_session=True)
         try:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(c2j_w, j2c_r), cwd="/", env=env, start_new_session=True)
+            if kind == "bwrap":
+                self.proc = _bwrap_popen(options, cmd, config.seccomp, (c2j_w, j2c_r),
+                                         **popen)
+            else:
+                prefix = _unshare_prefix() if kind == "unshare" else []
+                self.proc = subprocess.Popen([*prefix, *cmd], pass_fds=(c2j_w, j2c_r),
+                                             **popen)
         except BaseException:
             for fd in (c2j_r, j2c_w):
                 os.close(fd)
@@ -350,6 +510,11 @@ class _Candidate:
         finally:
             os.close(c2j_w)
             os.close(j2c_r)
+        try:
+            self.proc.stdin.write(setup.encode())  # a fresh pipe: never blocks
+            self.proc.stdin.flush()
+        except OSError:  # it died at once: its sample fails like any early exit
+            pass
 
     def kill(self) -> int:
         try:
@@ -391,20 +556,22 @@ class _Judge:
 
     def __init__(self, config: SandboxConfig, kind: str) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if kind == "bwrap":
-            prefix = [*_bwrap_base(config.python, os.geteuid() != 0), "--chdir", "/"]
-        else:
-            prefix = _unshare_prefix() if kind == "unshare" else []
-        script = _script(config.python, kind, "_judge.py")
         uid = SANDBOX_UID if os.geteuid() == 0 else -1
-        cmd = [*prefix, config.python, "-I", "-S", "-B", script, str(theirs.fileno()),
+        cmd = [_sbx_python(config.python, kind), "-I", "-S", "-B",
+               _script(config.python, kind, "_judge.py"), str(theirs.fileno()),
                str(uid), str(SANDBOX_GID), str(config.memory_bytes)]
+        popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, cwd="/", start_new_session=True,
+                     env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
         try:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), cwd="/",
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"},
-                start_new_session=True)
+            if kind == "bwrap":
+                self.proc = _bwrap_popen([*_bwrap_base(config.python, os.geteuid() != 0),
+                                          "--chdir", "/"], cmd, config.seccomp,
+                                         (theirs.fileno(),), **popen)
+            else:
+                prefix = _unshare_prefix() if kind == "unshare" else []
+                self.proc = subprocess.Popen([*prefix, *cmd], pass_fds=(theirs.fileno(),),
+                                             **popen)
         finally:
             theirs.close()
 
@@ -554,7 +721,7 @@ def _prlimit(cand: _Candidate, config: SandboxConfig) -> bool:
         return False
     # Only the interpreter itself (bwrap's own argv names the script too): else the
     # limits would land on bwrap, and the child, told they are set, would skip them.
-    if argv[0] != os.fsencode(config.python) or len(argv) < 5 \
+    if argv[0] != os.fsencode(cand.argv0) or len(argv) < 5 \
             or not argv[4].rstrip(b"c").endswith(b"_sandbox_child.py") or _children(pid):
         return False
     cpu = config.cpu_seconds
@@ -694,7 +861,8 @@ def run_programs(
     sample's ``failed: harness error`` result, never a lost result.
     """
     config = config or SandboxConfig()
-    isolation(config)  # probe (and warn) once, before the threads race to do it
+    _warn_missing(config, isolation(config))  # probe (and warn) once, before the threads
+    check_usable(config)  # a sandbox that cannot run a correct program refuses to score
     jobs = [s if isinstance(s, Job) else Job(s) for s in sources]
     workers = max(1, min(workers or default_workers(), len(jobs) or 1))
     results: list[SandboxResult | None] = [None] * len(jobs)
