@@ -1,0 +1,288 @@
+"""EVAL-04/05: the attack classes of issue 27, each with a negative control.
+
+Every test runs an attack in the real sandbox and asserts it fails, then runs the same
+attack against a deliberately weakened configuration (no seccomp filter, no inode cap,
+live judge calls, bwrap's options on its command line, a broken interpreter) and asserts
+it succeeds there: the test sees the hole when the hole is there.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pythoncoder.eval import _seccomp, sandbox
+from pythoncoder.eval.sandbox import (
+    JUDGE,
+    Job,
+    SandboxConfig,
+    SandboxUnusable,
+    check_usable,
+    isolation,
+    run_program,
+)
+
+BWRAP = isolation() == "bwrap"
+ROOT = os.geteuid() == 0
+needs_bwrap = pytest.mark.skipif(not BWRAP, reason="needs bubblewrap")
+ARCH = _seccomp._ARCHES.get(platform.machine())
+needs_filter = pytest.mark.skipif(not BWRAP or ARCH is None,
+                                  reason="needs bubblewrap and a known architecture")
+SECURE = SandboxConfig(timeout_s=10.0)
+WEAK = SandboxConfig(timeout_s=10.0, seccomp=False)
+
+
+def _syscall_probe(calls: dict[str, str]) -> str:
+    """A sample printing ``name result errno`` per raw syscall (numbers of this machine)."""
+    numbers = ARCH[1]
+    lines = ["import ctypes", "libc = ctypes.CDLL(None, use_errno=True)",
+             "def sc(nr, *args):",
+             "    ctypes.set_errno(0)",
+             "    return libc.syscall(nr, *args), ctypes.get_errno()"]
+    for name, args in calls.items():
+        syscall = name.split(":")[0]
+        lines.append(f"print({name!r}, *sc({numbers[syscall]}, {args}), flush=True)")
+    return "\n".join(lines) + "\n"
+
+
+def _outcomes(config: SandboxConfig, calls: dict[str, str]) -> dict[str, tuple[int, int]]:
+    result = run_program(_syscall_probe(calls), config)
+    assert result.passed, (result.result, result.stderr[-500:])
+    out = {}
+    for line in result.stdout.splitlines():
+        name, ret, err = line.split()
+        out[name] = (int(ret), int(err))
+    assert set(out) == set(calls), result.stdout
+    return out
+
+
+KEY = "b'user', b'pythoncoder-i27-oracle', b'1', 1, -4"  # KEY_SPEC_USER_KEYRING
+# A key the control adds is revoked and unlinked by the same sample: the host keeps none.
+KEY_CLEANUP = {"keyctl:revoke": "3, {serial}", "keyctl:unlink": "9, {serial}, -4"}
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_keyring_is_closed_to_samples():
+    calls = {"add_key": KEY, "keyctl": "0, -4, 0", "request_key":
+             "b'user', b'pythoncoder-i27-oracle', None, 0"}
+    secure = _outcomes(SECURE, calls)
+    assert all(ret == -1 and err == 1 for ret, err in secure.values()), secure  # EPERM
+    # Control: without the filter the key is added (the issue's channel between samples).
+    probe = _syscall_probe({"add_key": KEY}) + textwrap.dedent(f"""
+        serial = sc({ARCH[1]["add_key"]}, {KEY})[0]
+        if serial > 0:
+            sc({ARCH[1]["keyctl"]}, 3, serial)
+            sc({ARCH[1]["keyctl"]}, 9, serial, -4)
+        """)
+    weak = run_program(probe, WEAK)
+    ret = int(weak.stdout.split()[1])
+    assert ret > 0, weak.stdout
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_no_new_user_namespace_in_any_mode():
+    calls = {"unshare": "0x10000000", "clone:newuser": "0x10000000 | 17, 0, 0, 0, 0"}
+    secure = _outcomes(SECURE, calls)
+    assert all(ret == -1 and err == 1 for ret, err in secure.values()), secure
+    if not ROOT:  # bwrap's --disable-userns already refuses it without the filter
+        return
+    # Control (root harness, no filter): uid 65534 gets a user namespace -> a tmpfs of its
+    # own without the sandbox's caps, as the issue found.
+    weak = _outcomes(WEAK, {"unshare": "0x10000000"})
+    if weak["unshare"] != (0, 0) and Path("/proc/sys/user/max_user_namespaces").read_text() \
+            .strip() == "0":
+        pytest.skip("user namespaces are off on this host: the control cannot show the hole")
+    assert weak["unshare"] == (0, 0), weak
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_shared_memory_outside_the_address_space_limit_is_denied():
+    size = 256 * 1024**2
+    calls = {"shmget": f"0, {size}, 0o1000 | 0o600",  # IPC_PRIVATE, IPC_CREAT
+             "memfd_create": "b'x', 0", "mq_open": "b'/q', 0o100 | 2, 0o600, None"}
+    secure = _outcomes(SECURE, calls)
+    assert all(ret == -1 and err == 1 for ret, err in secure.values()), secure
+    shm = run_program("import os\nopen('/dev/shm/x', 'w')\n", SECURE)
+    assert not shm.passed and "PermissionError" in shm.result, shm.result
+    # Control: without the filter the segment is created (memory RLIMIT_AS does not see).
+    weak = _outcomes(WEAK, {"shmget": calls["shmget"], "memfd_create": calls["memfd_create"]})
+    assert all(ret >= 0 for ret, _ in weak.values()), weak
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_page_cache_probe_is_denied():
+    probe = {"mincore": "0, 4096, 0"}  # any address: the filter answers before the kernel
+    assert _outcomes(SECURE, probe)["mincore"] == (-1, 1)
+    assert _outcomes(WEAK, probe)["mincore"][1] != 1  # control: the kernel itself answers
+
+
+FLOOD = """
+import os
+n = 0
+try:
+    for n in range(1, 1001):
+        open(f"f{n}", "w").close()
+except OSError as e:
+    print("stopped", n, e.errno)
+else:
+    print("created", n)
+"""
+
+
+@pytest.mark.req("EVAL-04")
+@pytest.mark.skipif(not (BWRAP and ROOT), reason="the inode cap needs bubblewrap and root")
+def test_inode_flood_is_capped():
+    capped = run_program(FLOOD, dataclasses_replace(SECURE, work_inodes=200))
+    word, count, *err = capped.stdout.split()
+    assert word == "stopped" and int(count) <= 200 and err == ["28"], capped.stdout  # ENOSPC
+    # Control: the same flood with a cap above it creates every file.
+    loose = run_program(FLOOD, dataclasses_replace(SECURE, work_inodes=100_000))
+    assert loose.stdout.split() == ["created", "1000"], loose.stdout
+
+
+def dataclasses_replace(config: SandboxConfig, **changes) -> SandboxConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+# ---------------------------------------------------------------------------------------
+# Oracle through repeated calls: the judge's calls must not depend on the answers.
+
+COUNTING = """
+def f(x):
+    print("called", repr(x), flush=True)
+    return {answer}
+"""
+SPEC = {"prelude": "", "test": "".join(f"assert f({i}) == {i + 1}\n" for i in range(6)),
+        "names": ["f"], "entry": None, "reference": "def f(x):\n    return x + 1\n"}
+
+
+def _calls(answer: str, spec: dict) -> tuple[str, list[str]]:
+    result = run_program(Job(COUNTING.format(answer=answer), spec), SECURE)
+    assert result.verdict == JUDGE
+    return result.status, [line for line in result.stdout.splitlines() if line]
+
+
+@pytest.mark.req("EVAL-05")
+def test_calls_do_not_depend_on_the_answers():
+    right = _calls("x + 1", SPEC)
+    wrong = _calls("x", SPEC)
+    guess = _calls("x + 1 if x % 2 else x", SPEC)  # half right
+    assert (right[0], wrong[0], guess[0]) == ("passed", "failed", "failed")
+    assert right[1] == wrong[1] == guess[1] == [f"called {i}" for i in range(6)]
+    # Control: without a reference the judge calls live, and a wrong first answer ends
+    # the calls -- being called again would tell the candidate it was right.
+    live = {k: v for k, v in SPEC.items() if k != "reference"}
+    assert _calls("x", live)[1] == ["called 0"]
+    assert _calls("x + 1", live)[1] == right[1]
+
+
+@pytest.mark.req("EVAL-05")
+def test_arguments_built_from_a_wrong_answer_fail():
+    spec = dict(SPEC, test="assert f(f(1)) == 3\n")
+    assert _calls("x + 1", spec)[0] == "passed"
+    status, calls = _calls("x + 2", spec)  # f(1) = 3, then f(3): not the traced f(2)
+    assert status == "failed" and calls == ["called 1", "called 2"]
+
+
+# ---------------------------------------------------------------------------------------
+# Nothing of the host on a command line inside the sandbox.
+
+CMDLINES = """
+import os
+for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
+    try:
+        print(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode())
+    except OSError:
+        pass
+"""
+
+
+def _host_paths() -> set[str]:
+    paths = {sys.prefix, os.path.realpath(sys.prefix), os.path.dirname(sys.executable),
+             sandbox._script_dir(sys.executable), os.getcwd(),
+             str(Path(sandbox.__file__).parent)}
+    paths |= {os.path.realpath(sys.base_prefix)}  # the installation, bound where it is
+    return {p for p in paths if len(p) > 1}
+
+
+def _leaks(output: str) -> set[str]:
+    return {p for p in _host_paths() if p in output}
+
+
+@pytest.mark.req("EVAL-04")
+@needs_bwrap
+def test_no_host_path_on_any_command_line(monkeypatch):
+    result = run_program(CMDLINES, SECURE)
+    assert result.passed, result.result
+    assert result.stdout.startswith("bwrap --args"), result.stdout
+    assert _leaks(result.stdout) == set(), result.stdout
+
+    # Control: bwrap's options on its own command line (the old launcher): /proc/1/cmdline
+    # shows the Python installation and the scripts' host directory.
+    def on_argv(options, command, seccomp, pass_fds=(), **kwargs):
+        return subprocess.Popen([sandbox.shutil.which("bwrap"), *options, *command],
+                                pass_fds=pass_fds, **kwargs)
+
+    monkeypatch.setattr(sandbox, "_bwrap_popen", on_argv)
+    leaked = run_program(CMDLINES, SandboxConfig(timeout_s=10.0, memory_bytes=2**31 - 1))
+    assert leaked.passed, leaked.result
+    assert _leaks(leaked.stdout), leaked.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# A sandbox that cannot run a correct program refuses instead of scoring.
+
+
+@pytest.fixture
+def broken_python(tmp_path):
+    """An "interpreter" that fails every program, as an unreadable one does."""
+    path = tmp_path / "python"
+    path.write_text("#!/bin/sh\nexit 1\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.req("EVAL-04")
+def test_a_broken_sandbox_refuses_to_score(broken_python):
+    config = SandboxConfig(isolation="none", python=broken_python)
+    with pytest.raises(SandboxUnusable, match="evaluation sandbox.*apt-get install bubblewrap"):
+        sandbox.run_programs(["pass"], config)
+    check_usable(SandboxConfig())  # control: this host's real sandbox runs it
+
+
+@pytest.mark.req("EVAL-04")
+def test_eval_exits_2_with_one_line_and_no_results(broken_python, tmp_path, monkeypatch, capsys):
+    from pythoncoder.eval import commands, humaneval
+
+    problems = humaneval.load_problems()
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return False\\n"}\n')
+    out = tmp_path / "results.jsonl"
+    args = ["eval", "humaneval", "--samples", str(samples), "--out", str(out), "--limit", "1",
+            "--no-progress"]
+    from pythoncoder.cli import main
+
+    monkeypatch.setattr(commands, "SandboxConfig", functools.partial(
+        SandboxConfig, isolation="none", python=broken_python))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pythoncoder eval humaneval: the evaluation "
+                                               "sandbox"), err
+    assert not out.exists()
+    # Control: the real sandbox scores the same file.
+    monkeypatch.undo()
+    assert main(args) == 0 and out.exists()
+    assert len(problems) == humaneval.NUM_PROBLEMS
