@@ -75,6 +75,10 @@ def test_keyring_is_closed_to_samples():
              "b'user', b'pythoncoder-i27-oracle', None, 0"}
     secure = _outcomes(SECURE, calls)
     assert all(ret == -1 and err == 1 for ret, err in secure.values()), secure  # EPERM
+    for path in ("/proc/keys", "/proc/key-users"):  # host-wide key accounting: hidden
+        if os.path.exists(path):
+            shown = run_program(f"open({path!r}).read()", SECURE)
+            assert "PermissionError" in shown.result, (path, shown.result)
     # Control: without the filter the key is added (the issue's channel between samples).
     probe = _syscall_probe({"add_key": KEY}) + textwrap.dedent(f"""
         serial = sc({ARCH[1]["add_key"]}, {KEY})[0]
