@@ -404,32 +404,33 @@ _CHECKED: dict[tuple[SandboxConfig, str], str | None] = {}
 _CHECK_LOCK = threading.Lock()
 
 
-def check_usable(config: SandboxConfig | None = None) -> None:
+def check_usable(config: SandboxConfig | None = None, slot: _Slot | None = None) -> None:
     """Raise :class:`SandboxUnusable` (one line: what is missing, how to fix it) unless
-    the sandbox passes a trivial correct program, judged and in-sandbox. Once per
-    configuration and process; :func:`run_programs` calls it before any sample."""
+    the sandbox passes a trivial correct program (the judge's verdict). Once per
+    configuration and process; :func:`run_programs` calls it before any sample, on one
+    of its own workers (whose judge then stays up for the samples)."""
     config = config or SandboxConfig()
     kind = isolation(config)
     with _CHECK_LOCK:
         if (config, kind) not in _CHECKED:
-            _CHECKED[(config, kind)] = _self_test(config, kind)
+            _CHECKED[(config, kind)] = _self_test(config, kind, slot)
         message = _CHECKED[(config, kind)]
     if message is not None:
         raise SandboxUnusable(message)
 
 
-def _self_test(config: SandboxConfig, kind: str) -> str | None:
-    probe = dataclasses.replace(config, timeout_s=max(config.timeout_s, 30.0))
-    slot = _Slot(probe, prestart=False)
+def _self_test(config: SandboxConfig, kind: str, slot: _Slot | None) -> str | None:
+    own = slot is None
+    if own:
+        slot = _Slot(config, prestart=False)
     try:
-        result = slot.run(Job(_SELF_TEST, _SELF_TEST_JUDGE))
-        if result.passed:
-            result = slot.run(Job(_SELF_TEST + "assert f(1.5) == 4\n"))
+        result = slot.run(Job(_SELF_TEST, _SELF_TEST_JUDGE), timeout_s=max(config.timeout_s, 30))
     except Exception as e:  # noqa: BLE001 - reported as the reason it is unusable
         return sanitize(f"the evaluation sandbox ({kind}) cannot start: {type(e).__name__}: "
                         f"{e}; install bubblewrap (apt-get install bubblewrap)", 400)
     finally:
-        slot.close()
+        if own:
+            slot.close()
     if result.passed:
         return None
     stdlib = sysconfig.get_paths()["stdlib"]
@@ -640,16 +641,19 @@ class _Slot:
             self.judge.close()
             self.judge = None
 
-    def run(self, job: Job) -> SandboxResult:
+    def run(self, job: Job, timeout_s: float | None = None) -> SandboxResult:
         if job.judge is None:
-            return self._run(job.source, None)
-        result = self._run(job.source, job.judge)
+            return self._run(job.source, None, timeout_s)
+        result = self._run(job.source, job.judge, timeout_s)
         if result.status == "unsupported":
-            return self._run(job.fallback or job.source, None)
+            return self._run(job.fallback or job.source, None, timeout_s)
         return result
 
-    def _run(self, source: str, judge_spec: Mapping[str, Any] | None) -> SandboxResult:
+    def _run(self, source: str, judge_spec: Mapping[str, Any] | None,
+             timeout_s: float | None = None) -> SandboxResult:
         config = self.config
+        if timeout_s is not None:  # the self-test's longer clock (a loaded host)
+            config = dataclasses.replace(config, timeout_s=timeout_s)
         cand = self._candidate()
         nonce = secrets.token_hex(16)
         mode = "serve" if judge_spec is not None else "run"
@@ -870,13 +874,23 @@ def run_programs(
     """
     config = config or SandboxConfig()
     _warn_missing(config, isolation(config))  # probe (and warn) once, before the threads
-    check_usable(config)  # a sandbox that cannot run a correct program refuses to score
     jobs = [s if isinstance(s, Job) else Job(s) for s in sources]
     workers = max(1, min(workers or default_workers(), len(jobs) or 1))
     results: list[SandboxResult | None] = [None] * len(jobs)
     slots: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
     for _ in range(workers):
         slots.put(_Slot(config, prestart=len(jobs) > workers))
+    first = slots.get()
+    slots.put(first)
+    try:  # a sandbox that cannot run a correct program refuses to score anything
+        check_usable(config, first)
+    except BaseException:
+        while True:
+            try:
+                slots.get_nowait().close()
+            except queue.Empty:
+                break
+        raise
 
     def one(index: int) -> None:
         slot = slots.get()
