@@ -28,6 +28,7 @@ from pythoncoder.eval.sandbox import (
     isolation,
     run_program,
 )
+from pythoncoder.spec import check_values
 
 BWRAP = isolation() == "bwrap"
 ROOT = os.geteuid() == 0
@@ -153,6 +154,7 @@ def test_inode_flood_is_capped():
     # Control: the same flood with a cap above it creates every file.
     loose = run_program(FLOOD, dataclasses_replace(SECURE, work_inodes=100_000))
     assert loose.stdout.split() == ["created", "1000"], loose.stdout
+    assert SandboxConfig().work_inodes == check_values("EVAL-04")["work_inodes"]
 
 
 def dataclasses_replace(config: SandboxConfig, **changes) -> SandboxConfig:
