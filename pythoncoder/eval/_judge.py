@@ -72,6 +72,16 @@ class Channel:
     def __init__(self, in_fd, out_fd):
         self.in_fd, self.out_fd = in_fd, out_fd
 
+    def close(self):
+        """Close both pipes once: the candidate then reads EOF and exits."""
+        for fd in (self.in_fd, self.out_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.in_fd = self.out_fd = None
+
     def first_line(self):
         line = b""
         while not line.endswith(b"\n"):
@@ -259,6 +269,9 @@ def judge(job, channel, traced=lambda: None):
         replies.append(reply)
         if reply is _GONE:
             break
+    # The candidate exits now, before the verdict is worked out: when it dies says
+    # nothing about its answers either.
+    channel.close()
     position = [0]
 
     def replayer(name):
@@ -320,11 +333,7 @@ def main():
             verdict = "failed"
             reason = f"{type(e).__name__}: {message}" if message else type(e).__name__
         finally:
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            channel.close()
         control.send(json.dumps({"verdict": verdict, "reason": reason}).encode())
 
 

@@ -7,27 +7,46 @@ Isolation (EVAL-04). Each sample gets a fresh bubblewrap (``bwrap``) sandbox:
 * it runs as uid/gid 65534 with no capabilities and ``no_new_privs`` (bwrap sets it; when
   the harness is root, the child drops from root to 65534 before reading any candidate
   code, which clears every capability);
-* the file-system view is the shared libraries (``/usr/lib``, ``/usr/lib64``), the Python
-  installation read-only (its ``site-packages`` and any ``dist-packages`` under the
-  library dirs masked by empty root-owned tmpfs), the three sandbox scripts read-only
-  (``/sbx``, a compiled private copy), a private ``/proc`` and bwrap's minimal ``/dev``,
-  and one writable directory, ``/work``: a size-capped tmpfs that vanishes with the
-  namespace. No host ``/tmp``, home, ``/etc``, ``/run`` or socket is visible;
+* the file-system view is the shared libraries (``/usr/lib``, ``/usr/lib64``), the base
+  Python installation read-only (never a virtualenv; its ``site-packages`` and any
+  ``dist-packages`` under the library dirs masked by empty root-owned tmpfs), the three
+  sandbox scripts read-only (``/sbx``, a compiled private copy, with ``/sbx/python``
+  linking to the interpreter), a private ``/proc`` (``/proc/keys`` and
+  ``/proc/key-users``, host-wide, unreadable) and bwrap's minimal ``/dev``, and one
+  writable directory, ``/work``: a tmpfs that vanishes with the namespace, capped in
+  bytes and, when the harness is root, in inodes (the child mounts it with
+  ``nr_inodes`` before dropping root; bwrap's own ``--size`` tmpfs cannot cap inodes).
+  No host ``/tmp``, home, ``/etc``, ``/run`` or socket is visible;
+* bwrap's options come through ``--args FD`` and the child's set-up through stdin, so no
+  command line in the sandbox (``/proc/1/cmdline`` is bwrap's) names a host path;
+* a seccomp filter (``_seccomp.py``, loaded by ``bwrap --seccomp FD``) denies the kernel
+  keyring, new namespaces (so no user namespace in any mode, root harness included),
+  memory outside ``RLIMIT_AS`` (SysV/POSIX shared memory, ``memfd``), ``mincore`` and
+  the kernel's other attack surface (its docstring lists every call and why);
 * ``--die-with-parent``, ``--new-session``; the sandbox's PID 1 takes every process of
   the sample with it when the harness kills the sandbox, so no daemon survives;
 * rlimits: CPU seconds, address space, file size, processes (0: no fork), open files;
   set by the harness with ``prlimit`` on the waiting interpreter where the kernel allows
   (it must still be root, or the harness must hold ``CAP_SYS_RESOURCE``), else by the
-  child itself, in both cases before any candidate code runs. No seccomp filter.
+  child itself, in both cases before any candidate code runs.
 
-Without bwrap, ``unshare`` gives the namespaces (no file-system view, host work dir),
-and with neither the sample only has the uid drop (when root) and the rlimits; the
-harness warns once, saying which protection remains.
+Without bwrap, ``unshare`` gives the namespaces (no file-system view, host work dir, no
+seccomp filter), and with neither the sample only has the uid drop (when root) and the
+rlimits; the harness warns once, saying which protection remains, and once per mechanism
+a bwrap host lacks (the filter on an unknown architecture, the inode cap without root).
+Before any sample, :func:`check_usable` runs a trivial correct program (it imports
+``typing``, ``json``, ``math``) through the judge: a sandbox that cannot (an interpreter
+unreadable after the uid drop, a broken bwrap) raises :class:`SandboxUnusable` instead of
+scoring every sample as failed.
 
 Verdict (EVAL-05). For a :class:`Job` with a judge spec the candidate never sees the
 test: it runs the problem prompt plus completion and then serves calls. A trusted judge
 (``_judge.py``; one long-lived process per worker, itself in a sandbox) runs the test
-and calls the candidate over pipes, with only plain data crossing (``_wire``). A plain
+and calls the candidate over pipes, with only plain data crossing (``_wire``). With a
+reference solution in the spec the calls are the test's calls traced against that
+reference, all sent whatever the candidate answers and compared afterwards, so no
+answer is revealed by being called again; the sample's clock restarts after the trace.
+Samples start in a random order. A plain
 source string (or a problem whose test passes non-plain values, reported by the judge as
 ``unsupported``) runs in the *weak* mode: the whole program in the sandbox, verdict
 ``PASS <nonce>`` from inside, labelled ``verdict == "in-sandbox"``.
