@@ -347,7 +347,39 @@ def hostile_samples(outside: Path, sentinel: Path, tcp_port: int, unix_path: Pat
         """),
         "output flood": _top("while True:\n    print('x' * 4096)\n"),
     }
+    # Issue 27: copies of one completion learn the verdict from being called again and
+    # pass it on through the kernel keyring of uid 65534; with the old judge the later
+    # copies passed. Each copy guesses the unknown answers, alternating over copies.
+    learner = _body(f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        desc = b"{marker}-oracle"
+        st = has_close_elements.__dict__.setdefault("st", {{"i": 0, "last": None}})
+        if "k" not in st:
+            st["k"] = bytearray(b"?" * 16)
+            serial = libc.syscall({KEY_NR["keyctl"]}, 10, -4, b"user", desc, 0)  # SEARCH
+            if serial > 0:
+                buf = ctypes.create_string_buffer(16)
+                libc.syscall({KEY_NR["keyctl"]}, 11, serial, buf, 16)  # READ
+                st["k"] = bytearray(buf.raw)
+        k, i = st["k"], st["i"]
+        if i > 0:  # called again: the previous answer was right
+            k[i - 1] = ord("T" if st["last"] else "F")
+        c = chr(k[i])
+        answer = c == "T" or c == "?" or c == "f"
+        if c in "?tf":
+            k[i] = ord("t" if answer else "f")
+        libc.syscall({KEY_NR["add_key"]}, b"user", desc, bytes(k), 16, -4)
+        st["i"], st["last"] = i + 1, answer
+        return answer
+    """)
+    samples.update({f"oracle via the keyring, copy {n}": learner for n in range(1, 11)})
     return samples
+
+
+KEY_NR = {"x86_64": {"add_key": 248, "keyctl": 250},
+          "aarch64": {"add_key": 217, "keyctl": 219}}.get(os.uname().machine,
+                                                          {"add_key": -1, "keyctl": -1})
 
 
 RUNNER = '''
@@ -438,6 +470,7 @@ def hostile_run(tmp_path_factory):
         hostile = hostile_samples(outside, sentinel, listeners.port, unix_path, abstract,
                                   marker)
         jobs = [(TASK, name, code) for name, code in hostile.items()]
+        keys_before = _keys_of(SANDBOX_UID)
         for j in range(1, 8):  # honest neighbours, interleaved
             task = f"HumanEval/{j}"
             jobs.insert(4 * j - 2, (task, "honest", problems[task]["canonical_solution"]))
@@ -455,7 +488,18 @@ def hostile_run(tmp_path_factory):
     report = json.loads(paths[2].read_text()) if paths[2].exists() else None
     return dict(jobs=jobs, proc=proc, results=results, report=report, outside=outside,
                 sentinel=sentinel, sentinel_stat=sentinel_stat, marker=marker,
-                secret=secret, accepted=listeners.accepted)
+                secret=secret, accepted=listeners.accepted, keys_before=keys_before,
+                keys_after=_keys_of(SANDBOX_UID))
+
+
+def _keys_of(uid: int) -> str | None:
+    """uid's line of /proc/key-users (its key count and bytes), host-wide."""
+    try:
+        lines = Path("/proc/key-users").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].split()[1] for line in lines
+                 if line.split(":")[0].strip() == str(uid)), "0/0")
 
 
 @pytest.mark.req("EVAL-06")
@@ -498,6 +542,8 @@ def test_host_is_untouched(hostile_run):
     assert sorted(p.name for p in outside.iterdir()) == ["sentinel.txt"]
     assert [p for p in os.listdir("/tmp") if p.startswith(hostile_run["marker"])] == []
     assert hostile_run["accepted"] == 0  # neither TCP nor unix sockets reached the host
+    # No key was left in the kernel keyring (a channel from one sample to the next).
+    assert hostile_run["keys_after"] == hostile_run["keys_before"]
 
 
 @pytest.mark.req("EVAL-04", "EVAL-06")

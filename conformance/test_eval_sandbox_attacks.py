@@ -13,7 +13,6 @@ import os
 import platform
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -65,8 +64,6 @@ def _outcomes(config: SandboxConfig, calls: dict[str, str]) -> dict[str, tuple[i
 
 
 KEY = "b'user', b'pythoncoder-i27-oracle', b'1', 1, -4"  # KEY_SPEC_USER_KEYRING
-# A key the control adds is revoked and unlinked by the same sample: the host keeps none.
-KEY_CLEANUP = {"keyctl:revoke": "3, {serial}", "keyctl:unlink": "9, {serial}, -4"}
 
 
 @pytest.mark.req("EVAL-04")
@@ -80,16 +77,10 @@ def test_keyring_is_closed_to_samples():
         if os.path.exists(path):
             shown = run_program(f"open({path!r}).read()", SECURE)
             assert "PermissionError" in shown.result, (path, shown.result)
-    # Control: without the filter the key is added (the issue's channel between samples).
-    probe = _syscall_probe({"add_key": KEY}) + textwrap.dedent(f"""
-        serial = sc({ARCH[1]["add_key"]}, {KEY})[0]
-        if serial > 0:
-            sc({ARCH[1]["keyctl"]}, 3, serial)
-            sc({ARCH[1]["keyctl"]}, 9, serial, -4)
-        """)
-    weak = run_program(probe, WEAK)
-    ret = int(weak.stdout.split()[1])
-    assert ret > 0, weak.stdout
+    # Control: without the filter the key is added. (To the sandbox process's own keyring,
+    # which dies with it: a key in uid 65534's user keyring would outlive the test.)
+    weak = _outcomes(WEAK, {"add_key": KEY.replace("-4", "-2")})  # KEY_SPEC_PROCESS_KEYRING
+    assert weak["add_key"][0] > 0, weak
 
 
 @pytest.mark.req("EVAL-04")

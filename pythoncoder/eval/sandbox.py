@@ -398,8 +398,8 @@ def _missing_mechanisms(config: SandboxConfig, kind: str) -> list[str]:
     if os.geteuid() != 0:
         missing.append(
             "no inode cap on /work (bubblewrap cannot set nr_inodes; the harness mounts it "
-            "only when root): a sample can create files until its bytes cap, about "
-            f"{config.work_bytes // 1024**2} MiB of inodes' kernel memory")
+            "only when root): a sample can create empty files, which its byte cap does not "
+            "count, until its time runs out (about 1 KiB of kernel memory each)")
     return missing
 
 
