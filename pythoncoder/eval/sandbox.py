@@ -371,9 +371,11 @@ def isolation(config: SandboxConfig | None = None) -> str:
         remains = {
             "unshare": "PID, network, IPC and UTS namespaces, the uid drop to 65534 when "
                        "root, and the rlimits; the host file system stays visible (reads "
-                       "allowed, writes limited by file permissions)",
+                       "allowed, writes limited by file permissions); no seccomp filter "
+                       "(keyring, user namespaces, shared memory open) and no /work caps",
             "none": "only the uid drop to 65534 when root, the rlimits and the process-group "
-                    "kill; the sample sees the host file system and network",
+                    "kill; the sample sees the host file system and network; no seccomp "
+                    "filter and no /work caps",
         }[kind]
         if os.geteuid() == 0 and not _others_can_read(sysconfig.get_paths()["stdlib"]):
             remains += ("; and the Python installation is not readable by uid 65534 (a 0700 "
