@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from pythoncoder.model.kernels.diff_decode import decode_diff_attention
 from pythoncoder.spec import check_values
+from pythoncoder.testing.targets import target_device
 
 RTOL, ATOL = check_values("DIFF-06a")["rtol"], check_values("DIFF-06a")["atol"]
 D = 8
@@ -156,8 +157,10 @@ def test_generation_through_the_decode_kernel_equals_the_reference(make_micro, m
 @pytest.mark.req("DIFF-06a")
 def test_decode_kernel_lowers_through_triton_for_cuda():
     """No GPU needed: at the 1b head shapes (2 groups x 3 heads, d 128, values 256, bf16)
-    the decode kernel lowers to a Triton call for CUDA (MLIR only; compiling and running
-    need a GPU), for decode (T=1) and verification (T=2), with a cache off the block grid."""
+    the decode kernel lowers to a Triton call for CUDA, traced for a deviceless H100, for
+    decode (T=1) and verification (T=2), with a cache off the block grid (``tests/targets``
+    compiles it for every named GPU)."""
+    device = target_device("h100")
     for B, S, T in ((1, 4096, 1), (8, 2176, 2)):
         q = jax.ShapeDtypeStruct((B, T, 12, 128), jnp.bfloat16)
         k = jax.ShapeDtypeStruct((B, S, 4, 128), jnp.bfloat16)
@@ -167,9 +170,10 @@ def test_decode_kernel_lowers_through_triton_for_cuda():
 
         def fn(q, k, v, lam, q_slots, k_seg, q_seg, live):
             return decode_diff_attention(q, k, v, lam, q_slots, k_seg, q_seg, live,
-                                         gqa_ratio=3, platform="gpu", interpret=False)
+                                         gqa_ratio=3, interpret=False)
 
-        lowered = jax.jit(fn).trace(q, k, v, jax.ShapeDtypeStruct((), jnp.float32), bt, bs,
-                                    bt, jax.ShapeDtypeStruct((), jnp.int32))
-        text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+        with jax.default_device(device):
+            lowered = jax.jit(fn).trace(q, k, v, jax.ShapeDtypeStruct((), jnp.float32), bt,
+                                        bs, bt, jax.ShapeDtypeStruct((), jnp.int32))
+            text = lowered.lower(lowering_platforms=("cuda",)).as_text()
         assert "triton" in text and "diff_attention_decode" in text

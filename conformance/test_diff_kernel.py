@@ -22,6 +22,7 @@ from pythoncoder.model.attention import ATTENTION_KERNELS, lambda_full
 from pythoncoder.model.config import ConfigError
 from pythoncoder.model.kernels.diff_attention import diff_attention
 from pythoncoder.spec import check_values
+from pythoncoder.testing.targets import target_device
 
 BLOCK = 8
 D = 8
@@ -242,7 +243,9 @@ def test_attention_impl_setting():
 @pytest.mark.req("DIFF-06")
 def test_kernel_lowers_through_triton_for_cuda():
     """No GPU needed: the forward and both backward kernels lower to Triton calls for CUDA
-    (MLIR only; compiling and running need a GPU), at a 1b head shape."""
+    at a 1b head shape, traced for a deviceless H100 (jax 0.12 lowers Triton only for a GPU
+    device or an abstract one; ``tests/targets`` compiles them for every named target)."""
+    device = target_device("h100")
     B, T = 1, 256
     q = jax.ShapeDtypeStruct((B, T, 12, 128), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((B, T, 4, 128), jnp.bfloat16)
@@ -251,10 +254,45 @@ def test_kernel_lowers_through_triton_for_cuda():
 
     def fwd_bwd(q, k, v, lam, seg):
         out, vjp = jax.vjp(lambda q, k, v, lam: diff_attention(
-            q, k, v, lam, seg, gqa_ratio=3, platform="gpu"), q, k, v, lam)
+            q, k, v, lam, seg, gqa_ratio=3), q, k, v, lam)
         return out, vjp(out)
 
-    lowered = jax.jit(fwd_bwd).trace(q, k, v, jax.ShapeDtypeStruct((), jnp.float32), seg)
-    text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    with jax.default_device(device):
+        lowered = jax.jit(fwd_bwd).trace(q, k, v, jax.ShapeDtypeStruct((), jnp.float32), seg)
+        text = lowered.lower(lowering_platforms=("cuda",)).as_text()
     names = ("diff_attention_fwd", "diff_attention_bwd_q", "diff_attention_bwd_kv")
     assert text.count("triton") >= 3 and all(n in text for n in names)
+
+
+@pytest.mark.req("DIFF-06b")
+def test_kernel_sized_for_the_h100_compiles_and_the_old_tiling_is_refused():
+    """The forward kernel at 1b shapes (8 x 2048) compiles for a deviceless H100 with the
+    tiling sized for it; the old fixed 128 x 128 / 8 warps / 2 stages (the negative
+    control) is refused by the same compiler for want of shared memory.  Every kernel and
+    every named target: ``tests/targets``."""
+    from pythoncoder import targets
+    from pythoncoder.model.kernels.diff_attention import KernelConfig, gpu_configs, smem_estimate
+
+    checks = check_values("DIFF-06b")
+    for name in ("h100", "a100", "l4"):
+        assert (targets.TARGETS[name].gpu["shared_memory_per_block_optin"]
+                == checks[f"{name}_smem_per_block"])
+    device = target_device("h100")
+    S = jax.ShapeDtypeStruct
+    args = (S((8, 2048, 12, 128), jnp.bfloat16), S((8, 2048, 4, 128), jnp.bfloat16),
+            S((8, 2048, 2, 256), jnp.bfloat16), S((), jnp.float32), S((8, 2048), jnp.int32))
+
+    def compile_fwd(**kw):
+        with jax.default_device(device):
+            return jax.jit(functools.partial(diff_attention, gqa_ratio=3, **kw)).lower(
+                *args).compile()
+
+    limits = targets.gpu_limits(device)
+    assert limits.smem_per_block == checks["h100_smem_per_block"]
+    sized = gpu_configs(128, 256, 2, limits)["fwd"]
+    assert smem_estimate("fwd", sized, 128, 256) <= limits.smem_per_block
+    assert "diff_attention_fwd" in compile_fwd().as_text()
+    old = KernelConfig(128, 128, 8, 2)
+    with pytest.raises(Exception, match=r"Shared memory size limit exceeded.*available: 232448"):
+        compile_fwd(config=old)
+

@@ -24,6 +24,7 @@ path (``model/live_attention.py``), or the Pallas decode kernel
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -149,6 +150,22 @@ ATTENTION_KERNELS = {
 }
 
 
+def _kernel_or_reference(cfg: ModelConfig, dtype) -> str:
+    """``pallas`` where the training kernel can be sized for the target GPU; otherwise
+    ``auto`` takes the reference with a one-line warning and an explicit ``pallas`` raises
+    ``KernelDoesNotFit`` (at trace time, so before any step runs)."""
+    from pythoncoder.model.kernels.diff_attention import KernelDoesNotFit, kernel_fits
+
+    reason = kernel_fits(cfg.head_dim, cfg.value_head_dim, jnp.dtype(dtype).itemsize)
+    if reason is None:
+        return "pallas"
+    if cfg.attention_impl == "pallas":
+        raise KernelDoesNotFit(f"attention_impl='pallas' cannot run here: {reason}")
+    warnings.warn(f"attention_impl='auto': {reason}; using the reference attention",
+                  stacklevel=3)
+    return "reference"
+
+
 def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg: ModelConfig,
                            self_attention: bool, live_len: jax.Array | int | None = None,
                            layer: jax.Array | int | None = None) -> jax.Array:
@@ -162,6 +179,8 @@ def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg:
     which reads only the cache blocks below ``live_len``.  With ``layer``, ``k``/``v``/
     ``k_seg`` are every layer's stacked cache and layer ``layer``'s live bucket is read."""
     impl = cfg.resolved_attention_impl()
+    if self_attention and impl == "pallas":
+        impl = _kernel_or_reference(cfg, q.dtype)
     if self_attention and impl != "reference":
         return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
                                        block=cfg.attn_block_size)

@@ -253,9 +253,14 @@ def configure_memory(p: argparse.ArgumentParser) -> None:
                         "--topology v6e-1), as train's auto does")
     p.add_argument("--compute-dtype", default="bfloat16",
                    choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--topology", default=None, choices=["v6e-1"],
-                   help="compile ahead of time with the TPU compiler for this topology "
-                        "(needs libtpu: pip install 'jax[tpu]'); default: the local backend")
+    p.add_argument("--topology", default=None, choices=["v6e-1", "h100", "a100", "l4"],
+                   help="compile ahead of time for this target with its own compiler (libtpu "
+                        "for v6e-1; XLA's GPU compiler, Triton and ptxas for the GPUs; "
+                        "pip install -e '.[targets]'), and report FLOPs, HBM bytes and the "
+                        "roofline step bound; default: the local backend")
+    p.add_argument("--target-config", default=None, metavar="FILE",
+                   help="compile for the GPU described by this XLA gpu_target_config text "
+                        "proto (instead of --topology)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_memory)
 
@@ -269,7 +274,17 @@ def run_memory(args: argparse.Namespace) -> int:
                                    compute_dtype=args.compute_dtype)
     train_cfg = TrainConfig(micro_batch=args.micro_batch, seq_len=args.seq_len,
                             accum_steps=args.accum_steps)
-    topology = args.topology
+    topology, target_config = args.topology, None
+    if args.target_config is not None:
+        if topology is not None:
+            raise UsageError("--topology and --target-config are exclusive")
+        from pythoncoder.targets import parse_target_config
+
+        try:
+            target_config = Path(args.target_config).read_text()
+            parse_target_config(target_config)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--target-config {args.target_config}: {e}") from None
     if args.remat == "auto":
         import jax
 
@@ -282,7 +297,8 @@ def run_memory(args: argparse.Namespace) -> int:
     report = None
     for cfg in candidates:
         try:
-            report = train_step_memory(cfg, train_cfg, topology=topology)
+            report = train_step_memory(cfg, train_cfg, topology=topology,
+                                       target_config=target_config)
         except RuntimeError as e:
             if is_out_of_memory(e):  # the TPU compiler refuses what exceeds HBM
                 print(f"remat {cfg.remat_policy}: does not fit: {str(e).splitlines()[0]}",
@@ -291,6 +307,9 @@ def run_memory(args: argparse.Namespace) -> int:
                     return 1
                 tried[cfg.remat_policy] = None
                 continue
+            if target_config is not None or topology not in (None, "v6e-1"):
+                print(f"pythoncoder memory: {e}", file=sys.stderr)
+                return EXIT_FAILED
             print(f"pythoncoder memory: {e}; falling back to the local compiler",
                   file=sys.stderr)
             topology = None
@@ -298,7 +317,7 @@ def run_memory(args: argparse.Namespace) -> int:
         tried[cfg.remat_policy] = report["total_bytes"]
         if args.remat != "auto":
             break
-        device_bytes = (32 * 2**30 if topology else
+        device_bytes = (report["limit_bytes"] if topology or target_config else
                         device_memory_bytes(jax.devices()[0]) or 32 * 2**30)
         budget = int(HEADROOM * device_bytes)
         fits = report["total_bytes"] <= budget
@@ -319,5 +338,16 @@ def run_memory(args: argparse.Namespace) -> int:
               f"{report['compiler']}:")
         for k in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "total_bytes"):
             print(f"  {k:<16}{report[k] / 2**30:8.2f} GiB")
-        print(f"  fits 32 GiB: {report['fits_32gib']}")
+        limit = report["limit_bytes"]
+        print(f"  fits {limit / 2**30:.1f} GiB: {report['total_bytes'] <= limit}")
+        print(f"  attention: {report['attention_impl']}")
+        if "roofline_step_s" in report:
+            print(f"  per step: {report['flops_per_step'] / 1e12:.1f} TFLOP, "
+                  f"{report['hbm_bytes_per_step'] / 1e9:.1f} GB of HBM traffic")
+            print(f"  roofline bound: {report['roofline_step_s']:.3f} s/step "
+                  f"(compute {report['roofline_compute_s']:.3f} s, memory "
+                  f"{report['roofline_memory_s']:.3f} s), at most "
+                  f"{report['roofline_tokens_per_s']:,.0f} tokens/s, MFU "
+                  f"{100 * report['roofline_mfu']:.0f}% (a lower bound on the step time "
+                  "of this untuned compile, not a prediction)")
     return 0

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pythoncoder.model import ModelConfig, abstract_model
+from pythoncoder.targets import topology_devices  # noqa: F401 -- benchmarks import it here
 from pythoncoder.train.config import TrainConfig
 from pythoncoder.train.optimizer import make_optimizer
 from pythoncoder.train.step import TrainState, make_train_step
@@ -35,27 +36,6 @@ def abstract_batch(train_cfg: TrainConfig, sharding: Any = None) -> dict[str, An
     shape = (train_cfg.accum_steps, train_cfg.micro_batch, train_cfg.seq_len + 1)
     return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
             for k in ("tokens", "segment_ids")}
-
-
-TOPOLOGIES = {
-    # name -> get_topology_desc arguments (MaxText's accelerator_to_spec_map values)
-    "v6e-1": dict(platform="tpu", topology_name="v6e:1x1", chip_config_name="default",
-                  chips_per_host_bounds=(1, 1, 1), num_slices=1, wrap=(False, False, False)),
-}
-
-
-def topology_devices(name: str) -> list:
-    """Devices of a TPU topology for ahead-of-time compilation on a host without one.
-
-    Needs ``libtpu`` (``pip install "jax[tpu]"``); raises ``RuntimeError`` otherwise."""
-    from jax.experimental import topologies
-
-    if name not in TOPOLOGIES:
-        raise ValueError(f"unknown topology {name!r}; known: {sorted(TOPOLOGIES)}")
-    try:
-        return list(topologies.get_topology_desc(**TOPOLOGIES[name]).devices)
-    except Exception as e:  # no libtpu, or it refused the topology
-        raise RuntimeError(f"cannot compile for {name}: {type(e).__name__}: {e}") from e
 
 
 def compile_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any,
@@ -82,17 +62,26 @@ def compile_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any,
 
 
 def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
-                      topology: str | None = None) -> dict[str, Any]:
+                      topology: str | None = None, target_config: str | None = None,
+                      costs: bool = True, top: int = 12) -> dict[str, Any]:
     """Compile the train step abstractly and return its memory analysis in bytes.
 
-    With ``topology`` (e.g. ``"v6e-1"``) the TPU compiler itself compiles for that chip,
-    as MaxText's ``train_compile`` does, from a CPU-only host."""
+    With ``topology`` (``pythoncoder.targets.TARGETS``: ``v6e-1``, ``h100``, ``a100``,
+    ``l4``) or ``target_config`` (a GPU's gpu_target_config text proto) the target's own
+    compiler (libtpu; XLA's GPU compiler with Triton and ptxas) compiles for it from a host
+    without it.  With ``costs`` the report adds the step's FLOPs and HBM bytes (loop bodies
+    per trip, Pallas kernels by their declared cost: ``pythoncoder.hlo_cost``), the
+    roofline bound they give against the target's peaks, and the ``top`` instructions by
+    HBM bytes (``hbm_top``)."""
+    from pythoncoder import targets
     from pythoncoder.train.sharding import make_mesh, state_shardings
 
     model = abstract_model(model_cfg)
     tx, _ = make_optimizer(train_cfg, total_steps=10 * train_cfg.warmup_steps + 10)
     state = abstract_train_state(model, tx)
-    devices = jax.devices()[:1] if topology is None else topology_devices(topology)
+    aot = topology is not None or target_config is not None
+    devices = (targets.topology_devices(topology, target_config=target_config) if aot
+               else jax.devices()[:1])
     mesh = make_mesh(1, len(devices), devices)
     compiled = compile_train_step(model_cfg, train_cfg, tx, state,
                                   state_shardings(state, mesh), mesh)
@@ -102,15 +91,19 @@ def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     code = int(getattr(mem, "generated_code_size_in_bytes", 0))
     total = arg + out - alias + temp
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    return {
+    text = compiled.as_text()
+    name = topology or (devices[0].device_kind if target_config else None)
+    report = {
         "preset": model_cfg.name,
+        "target": name,
         "compiler": f"{devices[0].platform} ({devices[0].device_kind})"
-                    + (" ahead-of-time via libtpu topology " + topology if topology else ""),
+                    + (f" ahead-of-time for {name}" if aot else ""),
         "micro_batch": train_cfg.micro_batch,
         "seq_len": train_cfg.seq_len,
         "accum_steps": train_cfg.accum_steps,
         "remat_policy": model_cfg.built_remat_policy,
-        "attention_impl": model_cfg.resolved_attention_impl(devices[0].platform),
+        # what the compiled program runs (auto falls back where no tiling fits the target)
+        "attention_impl": "pallas" if "diff_attention_fwd" in text else "reference",
         "compute_dtype": jnp.dtype(model_cfg.dtype()).name,
         "argument_bytes": arg,
         "output_bytes": out,
@@ -122,4 +115,58 @@ def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         "train_state_bytes": int(state_bytes),
         "limit_bytes": 32 * GIB,
         "fits_32gib": total <= 32 * GIB,
+    }
+    if aot:
+        sheet = targets.datasheet(topology, target_config=target_config)
+        report["limit_bytes"] = int(sheet["hbm_bytes"])
+        report["fits_device"] = total <= sheet["hbm_bytes"]
+        if costs:
+            report.update(step_roofline(text, sheet, model_cfg, train_cfg, top=top))
+    return report
+
+
+def model_flops_per_token(model_cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token of the model itself, forward and backward, no recomputation:
+    6 x the matmul parameters a token passes through (the output head twice: next token
+    and MTP) plus the causal attention's score and value products (half the T x T map)."""
+    c = model_cfg
+    d, E, H = c.hidden_size, c.value_head_dim, c.num_diff_heads
+    block = d * (c.q_width + 2 * c.kv_width) + H * E * d + 3 * d * c.intermediate_size
+    dense = c.num_layers * block + 2 * d * d + 2 * c.model_vocab_rows * d
+    scores = (seq_len + 1) / 2  # keys a query sees on average
+    attention = c.num_layers * H * scores * (2 * 2 * c.head_dim + 2 * E)  # two maps, A V
+    return 6 * dense + 3 * attention
+
+
+def step_roofline(hlo_text: str, sheet: dict[str, Any], model_cfg: ModelConfig,
+                  train_cfg: TrainConfig, *, top: int = 12) -> dict[str, Any]:
+    """FLOPs and HBM bytes per step from the optimized HLO, and the roofline bound:
+    ``max(FLOPs / peak, bytes / bandwidth)`` -- a lower bound on the step time of this
+    (untuned) compile, not a prediction.  MFU ceiling: the model's own FLOPs
+    (``model_flops_per_token``, no recomputation) over the peak, at the bound."""
+    from pythoncoder import hlo_cost
+
+    cost = hlo_cost.analyse(hlo_text)
+    flops, nbytes = cost["flops"], cost["bytes accessed"]
+    compute_s = flops / sheet["peak_bf16_flops"]
+    memory_s = nbytes / sheet["hbm_bandwidth"]
+    step_s = max(compute_s, memory_s)
+    tokens = train_cfg.micro_batch * train_cfg.seq_len * train_cfg.accum_steps
+    model_flops = model_flops_per_token(model_cfg, train_cfg.seq_len) * tokens
+    return {
+        "flops_per_step": flops,
+        "transcendentals_per_step": cost["transcendentals"],
+        "hbm_bytes_per_step": nbytes,
+        "model_flops_per_step": model_flops,
+        "peak_bf16_flops": sheet["peak_bf16_flops"],
+        "hbm_bandwidth": sheet["hbm_bandwidth"],
+        "peaks_source": sheet["source"],
+        "roofline_compute_s": compute_s,
+        "roofline_memory_s": memory_s,
+        "roofline_step_s": step_s,
+        "roofline_tokens_per_s": tokens / step_s if step_s else None,
+        "roofline_mfu": model_flops / sheet["peak_bf16_flops"] / step_s if step_s else None,
+        "loops": [{"body": w["body"], "trips": w["trips"]} for w in cost["loops"]],
+        "unknown_trip_counts": cost["unknown_trip_counts"],
+        "hbm_top": cost["rows"][:top],
     }

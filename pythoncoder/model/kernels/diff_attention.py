@@ -28,6 +28,7 @@ variants (negative controls) and show that the equivalence checks reject them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -46,18 +47,29 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def _precision(a):
+    """Low-precision operands take the default (native) dot: Mosaic refuses an fp32
+    contract precision on bf16 tiles, which a global ``jax_default_matmul_precision =
+    "highest"`` (the test suites' policy) would otherwise ask for.  fp32 operands follow
+    the global setting."""
+    return None if a.dtype == F32 else jax.lax.Precision.DEFAULT
+
+
 def _dot_t(a, b):
     """a @ b^T with fp32 accumulation."""
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=F32)
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_precision(a),
+                               preferred_element_type=F32)
 
 
 def _dot(a, b):
-    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=F32)
+    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_precision(a),
+                               preferred_element_type=F32)
 
 
 def _dot_tn(a, b):
     """a^T @ b with fp32 accumulation."""
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=F32)
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_precision(a),
+                               preferred_element_type=F32)
 
 
 def _n_visible(q_block: jax.Array, bq: int, bk: int, nk: int, causal: bool):
@@ -238,25 +250,133 @@ def _bwd_kv_kernel(q1_ref, q2_ref, k1_ref, k2_ref, v_ref, qseg_ref, kseg_ref, la
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
+# ------------------------------------------------------------------ sizing for the target
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Tiles of one kernel and, on GPU, Triton's warps and software-pipelining stages."""
+
+    block_q: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+# GPU candidates, most preferred first (bigger tiles re-read fewer key/value blocks and keep
+# the tensor cores busier; fewer stages trade latency hiding for shared memory).  Each kernel
+# takes the first one whose shared memory estimate fits the device's per-block limit.
+GPU_CANDIDATES = (
+    KernelConfig(128, 128, 8, 2), KernelConfig(128, 64, 8, 2), KernelConfig(64, 128, 8, 2),
+    KernelConfig(128, 64, 8, 1), KernelConfig(64, 128, 8, 1), KernelConfig(64, 64, 8, 2),
+    KernelConfig(64, 64, 4, 1), KernelConfig(32, 64, 4, 1), KernelConfig(32, 32, 4, 1),
+    KernelConfig(16, 32, 4, 1),
+)
+KERNELS = ("fwd", "bwd_q", "bwd_kv")
+GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+# Triton's bf16/fp16 tensor-core dots need sm_80 (Ampere) or newer.
+MIN_COMPUTE_CAPABILITY = (8, 0)
+
+
+class KernelDoesNotFit(ValueError):
+    """No candidate tiling of a kernel fits the target's limits."""
+
+
+def smem_estimate(kernel: str, c: KernelConfig, D: int, E: int, itemsize: int = 2,
+                  compute_capability: tuple[int, int] = (9, 0)) -> int:
+    """Shared memory (bytes) Triton asks for to run ``kernel`` at ``c`` (head dim ``D``,
+    value dim ``E``) on a GPU of ``compute_capability``: an upper estimate fitted to the
+    compiler's own figures (``tests/targets`` re-measures them through an ahead-of-time
+    compile and checks the estimate is neither below nor far above them).  The terms: the
+    operand tiles each dot stages (a program's fixed side and the streamed side), another
+    copy of the streamed tiles per extra pipeline stage, and, before Hopper (whose wgmma
+    reads its left operand from registers), the score/map tile that ``mma`` reads from
+    shared memory too."""
+    bq, bk, extra = c.block_q, c.block_k, max(c.num_stages, 1) - 1
+    hopper = compute_capability[0] in (9, 10)
+    row = (2 * D + E) * itemsize  # q1, q2 and dO rows, or k1, k2 and v rows
+    if kernel == "fwd":  # Q1, Q2 fixed; K1, K2 (pass 1) and K1, K2, V (pass 2) streamed
+        base = itemsize * (2 * D * bq + max(2 * D, E) * bk)
+        if hopper:
+            stage = itemsize * (4 * D + E) * bk
+            if bq < 64:  # small query tiles stage the map tile for the A V dot too
+                base += itemsize * bq * bk
+        else:
+            base += itemsize * bq * bk
+            stage = itemsize * max(2 * D, E) * bk
+    elif kernel == "bwd_q":  # Q1, Q2, dO fixed; K1, K2, V streamed
+        base, stage = row * (bq + bk), row * bk
+    elif kernel == "bwd_kv":  # K1, K2, V fixed; Q1, Q2, dO streamed; a bf16 dS tile
+        base, stage = row * (bq + bk) + itemsize * bq * bk, (row + 32) * bq
+        if c.num_warps < 8 and bq != bk:  # 4-warp rectangular tiles convert dO again
+            base += itemsize * E * bq
+    elif kernel == "decode":  # the query tile (bq = its rows) fixed; K1, K2, V streamed
+        base = itemsize * (2 * D * bq + max(2 * D, E) * bk) + 32 * bk
+        stage = (itemsize * max(2 * D, E) + 8) * bk
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}")
+    return base + extra * stage + 2048
+
+
+def first_fit(kernel: str, candidates, D: int, E: int, itemsize: int, limits) -> KernelConfig:
+    """The first of ``candidates`` whose ``smem_estimate`` fits ``limits`` (a
+    ``pythoncoder.targets.GpuLimits``).  Raises ``KernelDoesNotFit``."""
+    where = limits.device_kind or "this GPU"
+    if tuple(limits.compute_capability) < MIN_COMPUTE_CAPABILITY:
+        cc = ".".join(map(str, limits.compute_capability))
+        raise KernelDoesNotFit(f"the fused attention kernels need compute capability 8.0+, "
+                               f"{where} has {cc}")
+    for c in candidates:
+        need = smem_estimate(kernel, c, D, E, itemsize, tuple(limits.compute_capability))
+        if need <= limits.smem_per_block:
+            return c
+    raise KernelDoesNotFit(f"no tiling of diff_attention_{kernel} fits the "
+                           f"{limits.smem_per_block} B of shared memory per block of {where}")
+
+
+def gpu_configs(D: int, E: int, itemsize: int = 2, limits=None) -> dict[str, KernelConfig]:
+    """Per training kernel, the first ``GPU_CANDIDATES`` entry that fits ``limits``
+    (default: the target's, ``pythoncoder.targets.gpu_limits``)."""
+    from pythoncoder.targets import gpu_limits
+
+    limits = limits or gpu_limits()
+    return {k: first_fit(k, GPU_CANDIDATES, D, E, itemsize, limits) for k in KERNELS}
+
+
+def kernel_fits(D: int, E: int, itemsize: int = 2, platform: str | None = None) -> str | None:
+    """None when the training kernel can be sized for the target, else the reason."""
+    if (platform or target_platform()) not in GPU_PLATFORMS:
+        return None
+    try:
+        gpu_configs(D, E, itemsize)
+    except KernelDoesNotFit as e:
+        return str(e)
+    return None
+
+
+
+def triton_params(c: KernelConfig):
+    from jax.experimental.pallas import triton as pl_triton
+
+    return pl_triton.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages)
+
+
 # ------------------------------------------------------------------ pallas_call wrappers
 class _Static:
-    """Hashable static configuration of one kernel instance."""
+    """Hashable static configuration of one kernel instance: one ``KernelConfig`` per
+    kernel (``fwd``, ``bwd_q``, ``bwd_kv``)."""
 
-    def __init__(self, *, ratio, bq, bk, scale, floor, causal, interpret, platform):
-        self.ratio, self.bq, self.bk, self.scale = ratio, bq, bk, scale
+    def __init__(self, *, ratio, configs, scale, floor, causal, interpret, platform):
+        self.ratio, self.configs, self.scale = ratio, dict(configs), scale
         self.floor, self.causal, self.interpret = floor, causal, interpret
         self.platform = platform
-        self._key = (ratio, bq, bk, scale, floor, causal, interpret, platform)
+        self._key = (ratio, tuple(sorted(self.configs.items())), scale, floor, causal,
+                     interpret, platform)
 
-    @property
-    def compiler_params(self):
+    def compiler_params(self, kernel: str):
         """Triton on GPU (Pallas would otherwise pick Mosaic GPU, whose whole-block shared
         memory staging does not fit these key/value blocks); defaults elsewhere."""
-        if self.interpret or self.platform not in ("gpu", "cuda", "rocm"):
+        if self.interpret or self.platform not in GPU_PLATFORMS:
             return None
-        from jax.experimental.pallas import triton as pl_triton
-
-        return pl_triton.CompilerParams(num_warps=8, num_stages=2)
+        return triton_params(self.configs[kernel])
 
     def __hash__(self):
         return hash(self._key)
@@ -265,9 +385,9 @@ class _Static:
         return isinstance(other, _Static) and self._key == other._key
 
 
-def _common_specs(cfg, B, H, T, D, E, per_group: bool):
+def _common_specs(c: KernelConfig, R: int, T: int, D: int, E: int, per_group: bool):
     """in_specs for q1, q2, k1, k2, v, qseg, kseg, lam on grid (B, H or G, blocks)."""
-    bq, bk, R = cfg.bq, cfg.bk, cfg.ratio
+    bq, bk = c.block_q, c.block_k
     if per_group:  # grid (B, G, key block): all R heads of the group, all queries
         qspec = pl.BlockSpec((None, R, T, D), lambda b, g, j: (b, g, 0, 0))
         kspec = pl.BlockSpec((None, None, bk, D), lambda b, g, j: (b, g, j, 0))
@@ -284,69 +404,138 @@ def _common_specs(cfg, B, H, T, D, E, per_group: bool):
     return [qspec, qspec, kspec, kspec, vspec, qseg, kseg, lam]
 
 
-def _row_spec(cfg, width):
-    return pl.BlockSpec((None, None, cfg.bq, width), lambda b, h, i: (b, h, i, 0))
+def _row_spec(c: KernelConfig, width):
+    return pl.BlockSpec((None, None, c.block_q, width), lambda b, h, i: (b, h, i, 0))
+
+
+def visible_tiles(T: int, bq: int, bk: int, causal: bool = True) -> int:
+    """(query block, key block) tiles one head's kernel visits: the causal mask skips the
+    rest (the loop bounds of ``_n_visible`` / ``_first_visible``)."""
+    nq, nk = T // bq, T // bk
+    if not causal:
+        return nq * nk
+    return sum(min(-(-((i + 1) * bq) // bk), nk) for i in range(nq))
+
+
+def cost_estimate(kernel: str, c: KernelConfig, *, B: int, H: int, T: int, D: int, E: int,
+                  R: int, itemsize: int = 2, causal: bool = True) -> pl.CostEstimate:
+    """What one call of ``kernel`` costs, for XLA's scheduler and the roofline of
+    ``pythoncoder memory``.  FLOPs and exps are exact over the visited tiles (both passes,
+    scores recomputed where the kernel recomputes them).  Bytes are the compulsory HBM
+    traffic: every operand read once and every output written once, i.e. a head's keys and
+    values (or, for ``bwd_kv``, a group's queries) stay in L2 across the query (key) blocks
+    that re-read them (1-6 MB at 1b shapes against an H100's 50 MB)."""
+    tiles = B * H * visible_tiles(T, c.block_q, c.block_k, causal) * c.block_q * c.block_k
+    G = H // R
+    q = 2 * B * H * T * D * itemsize  # q1 and q2
+    kv = B * G * T * (2 * D + E) * itemsize  # k1, k2, v
+    o = B * H * T * E * itemsize  # the output or dO
+    seg = 2 * B * T * 4
+    stat = B * H * T * 4  # one (B, H, T, 1) fp32 row statistic
+    if kernel == "fwd":  # two passes of both score matmuls, then A V
+        flops, exps, nbytes = tiles * (8 * D + 2 * E), 4 * tiles, q + kv + seg + o + 2 * stat
+    elif kernel == "bwd_q":  # two passes of scores + dO V^T, then dS K for both maps
+        flops, exps = tiles * (12 * D + 4 * E), 4 * tiles
+        nbytes = q + kv + seg + 2 * stat + o + q + 2 * stat
+    elif kernel == "bwd_kv":  # scores, dO V^T, dK1, dK2, dV
+        flops, exps = tiles * (8 * D + 4 * E), 2 * tiles
+        nbytes = q + kv + seg + 4 * stat + o + kv
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}")
+    return pl.CostEstimate(flops=int(flops), transcendentals=int(exps),
+                           bytes_accessed=int(nbytes))
+
+
+def pallas_call(kernel, *, name: str, out_shape, cost_estimate, **kw):
+    """``pl.pallas_call`` that also records the kernel's declared cost for the step-cost
+    analysis (``pythoncoder.hlo_cost``): Triton's lowering does not pass it on to XLA."""
+    from pythoncoder.hlo_cost import record_kernel_cost
+
+    record_kernel_cost(name, out_shape if isinstance(out_shape, list | tuple) else [out_shape],
+                       cost_estimate)
+    return pl.pallas_call(kernel, name=name, out_shape=out_shape, cost_estimate=cost_estimate,
+                          **kw)
 
 
 def _forward(cfg, q1, q2, k1, k2, v, qseg, kseg, lam):
     B, H, T, D = q1.shape
     E = v.shape[-1]
-    kernel = functools.partial(_fwd_kernel, bq=cfg.bq, bk=cfg.bk, nk=T // cfg.bk,
+    c = cfg.configs["fwd"]
+    kernel = functools.partial(_fwd_kernel, bq=c.block_q, bk=c.block_k, nk=T // c.block_k,
                                scale=cfg.scale, floor=cfg.floor, causal=cfg.causal)
     stat = jax.ShapeDtypeStruct((B, H, T, 1), F32)
-    return pl.pallas_call(
+    return pallas_call(
         kernel,
-        grid=(B, H, T // cfg.bq),
-        in_specs=_common_specs(cfg, B, H, T, D, E, per_group=False),
-        out_specs=[_row_spec(cfg, E), _row_spec(cfg, 1), _row_spec(cfg, 1)],
+        grid=(B, H, T // c.block_q),
+        in_specs=_common_specs(c, cfg.ratio, T, D, E, per_group=False),
+        out_specs=[_row_spec(c, E), _row_spec(c, 1), _row_spec(c, 1)],
         out_shape=[jax.ShapeDtypeStruct((B, H, T, E), v.dtype), stat, stat],
         interpret=cfg.interpret,
-        compiler_params=cfg.compiler_params,
+        compiler_params=cfg.compiler_params("fwd"),
+        cost_estimate=cost_estimate("fwd", c, B=B, H=H, T=T, D=D, E=E, R=cfg.ratio,
+                                    itemsize=q1.dtype.itemsize, causal=cfg.causal),
         name="diff_attention_fwd",
     )(q1, q2, k1, k2, v, qseg, kseg, lam)
 
 
-def _backward(cfg, q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do):
+def _backward_q(cfg, q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do):
+    """dQ1, dQ2 and the row sums D1, E, per query block."""
     B, H, T, D = q1.shape
-    G, E = v.shape[1], v.shape[-1]
-    common = (q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do)
+    E = v.shape[-1]
+    c = cfg.configs["bwd_q"]
     stat = jax.ShapeDtypeStruct((B, H, T, 1), F32)
-    q_kernel = functools.partial(_bwd_q_kernel, bq=cfg.bq, bk=cfg.bk, nk=T // cfg.bk,
-                                 scale=cfg.scale, floor=cfg.floor, causal=cfg.causal)
-    dq1, dq2, d1, e = pl.pallas_call(
-        q_kernel,
-        grid=(B, H, T // cfg.bq),
-        in_specs=_common_specs(cfg, B, H, T, D, E, per_group=False)
-        + [_row_spec(cfg, 1), _row_spec(cfg, 1), _row_spec(cfg, E)],
-        out_specs=[_row_spec(cfg, D), _row_spec(cfg, D), _row_spec(cfg, 1), _row_spec(cfg, 1)],
+    kernel = functools.partial(_bwd_q_kernel, bq=c.block_q, bk=c.block_k, nk=T // c.block_k,
+                               scale=cfg.scale, floor=cfg.floor, causal=cfg.causal)
+    return pallas_call(
+        kernel,
+        grid=(B, H, T // c.block_q),
+        in_specs=_common_specs(c, cfg.ratio, T, D, E, per_group=False)
+        + [_row_spec(c, 1), _row_spec(c, 1), _row_spec(c, E)],
+        out_specs=[_row_spec(c, D), _row_spec(c, D), _row_spec(c, 1), _row_spec(c, 1)],
         out_shape=[jax.ShapeDtypeStruct(q1.shape, q1.dtype),
                    jax.ShapeDtypeStruct(q2.shape, q2.dtype), stat, stat],
         interpret=cfg.interpret,
-        compiler_params=cfg.compiler_params,
+        compiler_params=cfg.compiler_params("bwd_q"),
+        cost_estimate=cost_estimate("bwd_q", c, B=B, H=H, T=T, D=D, E=E, R=cfg.ratio,
+                                    itemsize=q1.dtype.itemsize, causal=cfg.causal),
         name="diff_attention_bwd_q",
-    )(*common)
+    )(q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do)
 
-    R = cfg.ratio
+
+def _backward_kv(cfg, q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do, d1, e):
+    """dK1, dK2, dV per key block, over all query heads of its group."""
+    B, H, T, D = q1.shape
+    E = v.shape[-1]
+    G, R = v.shape[1], cfg.ratio
+    c = cfg.configs["bwd_kv"]
+    bk = c.block_k
 
     def group_rows(width):
         return pl.BlockSpec((None, R, T, width), lambda b, g, j: (b, g, 0, 0))
 
-    kv_kernel = functools.partial(_bwd_kv_kernel, bq=cfg.bq, bk=cfg.bk, nq=T // cfg.bq,
-                                  ratio=R, scale=cfg.scale, floor=cfg.floor, causal=cfg.causal)
-    dk1, dk2, dv = pl.pallas_call(
-        kv_kernel,
-        grid=(B, G, T // cfg.bk),
-        in_specs=_common_specs(cfg, B, H, T, D, E, per_group=True)
+    kernel = functools.partial(_bwd_kv_kernel, bq=c.block_q, bk=bk, nq=T // c.block_q,
+                               ratio=R, scale=cfg.scale, floor=cfg.floor, causal=cfg.causal)
+    return pallas_call(
+        kernel,
+        grid=(B, G, T // bk),
+        in_specs=_common_specs(c, R, T, D, E, per_group=True)
         + [group_rows(1), group_rows(1), group_rows(E), group_rows(1), group_rows(1)],
-        out_specs=[pl.BlockSpec((None, None, cfg.bk, D), lambda b, g, j: (b, g, j, 0))] * 2
-        + [pl.BlockSpec((None, None, cfg.bk, E), lambda b, g, j: (b, g, j, 0))],
+        out_specs=[pl.BlockSpec((None, None, bk, D), lambda b, g, j: (b, g, j, 0))] * 2
+        + [pl.BlockSpec((None, None, bk, E), lambda b, g, j: (b, g, j, 0))],
         out_shape=[jax.ShapeDtypeStruct(k1.shape, k1.dtype),
                    jax.ShapeDtypeStruct(k2.shape, k2.dtype),
                    jax.ShapeDtypeStruct(v.shape, v.dtype)],
         interpret=cfg.interpret,
-        compiler_params=cfg.compiler_params,
+        compiler_params=cfg.compiler_params("bwd_kv"),
+        cost_estimate=cost_estimate("bwd_kv", c, B=B, H=H, T=T, D=D, E=E, R=R,
+                                    itemsize=q1.dtype.itemsize, causal=cfg.causal),
         name="diff_attention_bwd_kv",
-    )(*common, d1, e)
+    )(q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do, d1, e)
+
+
+def _backward(cfg, *common):
+    dq1, dq2, d1, e = _backward_q(cfg, *common)
+    dk1, dk2, dv = _backward_kv(cfg, *common, d1, e)
     # d(lambda): A depends on lambda through -lambda P2 under the floor, so
     # dL/dlambda = -sum(G * P2) = -sum(E) over batch, heads and rows.
     dlam = -jnp.sum(e).reshape(1, 1)
@@ -373,9 +562,29 @@ def _fused_bwd(cfg, res, do):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
+def kernel_configs(T: int, D: int, E: int, *, platform: str, itemsize: int = 2,
+                   block_q: int | None = None, block_k: int | None = None,
+                   config: KernelConfig | None = None) -> dict[str, KernelConfig]:
+    """The tiling of each kernel for sequence length ``T``: ``config`` for all three if
+    given; on GPU sized for the target (``gpu_configs``), with ``block_q``/``block_k``
+    overriding the tiles; elsewhere ``DEFAULT_BLOCK`` (or the given blocks).  Tiles never
+    exceed ``T`` rounded up to 8."""
+    if config is not None:
+        configs = dict.fromkeys(KERNELS, config)
+    elif platform in GPU_PLATFORMS:
+        configs = gpu_configs(D, E, itemsize)
+    else:
+        configs = dict.fromkeys(KERNELS, KernelConfig(DEFAULT_BLOCK, DEFAULT_BLOCK))
+    cap = _round_up(T, 8)
+    return {k: dataclasses.replace(c, block_q=min(block_q or c.block_q, cap),
+                                   block_k=min(block_k or c.block_k, cap))
+            for k, c in configs.items()}
+
+
 def diff_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTGE: jax.Array, lam: jax.Array,
                    segment_ids_BT: jax.Array | None, *, gqa_ratio: int,
-                   block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK,
+                   block_q: int | None = None, block_k: int | None = None,
+                   config: KernelConfig | None = None,
                    interpret: bool | None = None, platform: str | None = None,
                    floor: bool = True, causal: bool = True) -> jax.Array:
     """Floored differential self-attention, the fused kernel.
@@ -386,6 +595,8 @@ def diff_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTGE: jax.Array, lam:
     causal + segment mask of query slots ``0..T-1``.  ``platform`` (default
     ``target_platform()``) picks the lowering: ``cpu`` interprets (unless ``interpret`` says
     otherwise), ``gpu`` lowers through Triton, ``tpu`` through Mosaic.
+    Tiles: ``block_q``/``block_k`` or ``config`` (all three kernels) if given, else sized
+    for the target (``kernel_configs``; ``KernelDoesNotFit`` where no tiling fits a GPU).
     ``floor=False`` / ``causal=False`` build the broken variants used as negative controls.
     """
     B, T, H2, D = q_BTHD.shape
@@ -400,11 +611,12 @@ def diff_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTGE: jax.Array, lam:
     platform = platform or target_platform()
     if interpret is None:
         interpret = platform == "cpu"
-    # One block size for queries and keys when T is short; pad T to a multiple of both.
-    bq = min(block_q, _round_up(T, 8))
-    bk = min(block_k, _round_up(T, 8))
-    Tp = _round_up(T, math.lcm(bq, bk))
-    cfg = _Static(ratio=gqa_ratio, bq=bq, bk=bk, scale=1.0 / math.sqrt(D), floor=floor,
+    configs = kernel_configs(T, D, v_BTGE.shape[-1], platform=platform,
+                             itemsize=jnp.dtype(q_BTHD.dtype).itemsize, block_q=block_q,
+                             block_k=block_k, config=config)
+    Tp = _round_up(T, math.lcm(*(b for c in configs.values()
+                                 for b in (c.block_q, c.block_k))))
+    cfg = _Static(ratio=gqa_ratio, configs=configs, scale=1.0 / math.sqrt(D), floor=floor,
                   causal=causal, interpret=bool(interpret), platform=platform)
     pad = Tp - T
 

@@ -28,6 +28,7 @@ GPU; on TPU a whole-cache block would be staged into VMEM, so the kernel is not 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -38,12 +39,29 @@ from jax.experimental import pallas as pl
 from pythoncoder.model.config import target_platform
 from pythoncoder.model.kernels.diff_attention import (
     F32,
+    GPU_PLATFORMS,
+    KernelConfig,
     _floored_map_times_v,
     _round_up,
     _scores,
+    first_fit,
+    pallas_call,
+    triton_params,
 )
 
 DEFAULT_BLOCK_K = 128
+# GPU tilings of the key side, most preferred first (the query tile is fixed by the rows).
+DECODE_CANDIDATES = tuple(KernelConfig(0, bk, 4, s) for bk, s in
+                          ((128, 2), (64, 2), (128, 1), (64, 1), (32, 1), (16, 1)))
+
+
+def decode_config(rows: int, D: int, E: int, itemsize: int = 2, limits=None) -> KernelConfig:
+    """The decode kernel's tiling for a query tile of ``rows`` on the target GPU: the first
+    ``DECODE_CANDIDATES`` entry that fits its shared memory (``KernelDoesNotFit`` if none)."""
+    from pythoncoder.targets import gpu_limits
+
+    candidates = [dataclasses.replace(c, block_q=rows) for c in DECODE_CANDIDATES]
+    return first_fit("decode", candidates, D, E, itemsize, limits or gpu_limits())
 
 
 def _decode_kernel(live_ref, lam_ref, q1_ref, q2_ref, qpos_ref, qseg_ref, k1_ref, k2_ref,
@@ -65,15 +83,18 @@ def _decode_kernel(live_ref, lam_ref, q1_ref, q2_ref, qpos_ref, qseg_ref, k1_ref
 def decode_diff_attention(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSGE: jax.Array,
                           lam: jax.Array, q_slots_BT: jax.Array, k_seg_BS: jax.Array,
                           q_seg_BT: jax.Array, live: jax.Array | int, *, gqa_ratio: int,
-                          block_k: int = DEFAULT_BLOCK_K, interpret: bool | None = None,
-                          platform: str | None = None, floor: bool = True) -> jax.Array:
+                          block_k: int | None = None, config: KernelConfig | None = None,
+                          interpret: bool | None = None, platform: str | None = None,
+                          floor: bool = True) -> jax.Array:
     """Floored differential attention of ``T`` queries against a cache, (B, T, heads, E).
 
     ``q_BTHD``: (B, T, 2*heads, D) query sub-heads; ``k_BSKD``: the cache's keys
     (B, S, 2*groups, D); ``v_BSGE``: its values (B, S, groups, E); ``q_slots_BT``: each
     query's cache slot; ``k_seg_BS`` / ``q_seg_BT``: segment ids (0 = an empty slot);
     ``live``: slots written so far including these queries (keys at slots ``>= live`` are
-    never read).  Equal to ``blocked_differential_map`` over the whole cache with
+    never read).  The key block is ``block_k`` or ``config``'s if given, else on GPU sized
+    for the target (``decode_config``), elsewhere ``DEFAULT_BLOCK_K``.  Equal to
+    ``blocked_differential_map`` over the whole cache with
     ``attention_mask(q_slots, arange(S), q_seg, k_seg)``.  ``floor=False`` builds the
     negative control the tests must reject.
     """
@@ -86,12 +107,15 @@ def decode_diff_attention(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSGE: jax.Arra
     platform = platform or target_platform()
     if interpret is None:
         interpret = platform == "cpu"
-    gpu = platform in ("gpu", "cuda", "rocm")
-    bk = min(block_k, _round_up(S, 8))
-    Sp = _round_up(S, bk)
+    gpu = platform in GPU_PLATFORMS
     # query tile: the group's R heads x T queries, padded (Triton's dot needs 16 rows)
     rows = R * T
     M = max(16 if gpu else 8, 1 << (rows - 1).bit_length())
+    if config is None:
+        config = (decode_config(M, D, E, jnp.dtype(q_BTHD.dtype).itemsize)
+                  if gpu and not interpret else KernelConfig(M, DEFAULT_BLOCK_K))
+    bk = min(block_k or config.block_k, _round_up(S, 8))
+    Sp = _round_up(S, bk)
     if Sp != S:  # only when the cache length is not a multiple of the block: one copy
         pad = ((0, 0), (0, Sp - S), (0, 0), (0, 0))
         k_BSKD, v_BSGE = jnp.pad(k_BSKD, pad), jnp.pad(v_BSGE, pad)
@@ -126,12 +150,15 @@ def decode_diff_attention(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSGE: jax.Arra
     k2_spec = pl.BlockSpec((None, Sp, D), lambda b, g: (b, 0, 2 * g + 1))
     v_spec = pl.BlockSpec((None, Sp, E), lambda b, g: (b, 0, g))
     kseg_spec = pl.BlockSpec((None, 1, Sp), lambda b, g: (b, 0, 0))
-    compiler_params = None
-    if gpu and not interpret:
-        from jax.experimental.pallas import triton as pl_triton
-
-        compiler_params = pl_triton.CompilerParams(num_warps=4, num_stages=2)
-    out = pl.pallas_call(
+    compiler_params = triton_params(config) if gpu and not interpret else None
+    live_blocks = Sp // bk  # an upper bound: the live part is known only at run time
+    cost = pl.CostEstimate(
+        flops=B * G * live_blocks * M * bk * (8 * D + 2 * E),
+        transcendentals=B * G * live_blocks * M * bk * 4,
+        bytes_accessed=(B * Sp * 2 * G * D * k_cols.dtype.itemsize  # keys, both maps
+                        + B * Sp * G * E * v_cols.dtype.itemsize + B * Sp * 4
+                        + 2 * B * G * M * (D + E) * q_BTHD.dtype.itemsize))
+    out = pallas_call(
         kernel,
         grid=(B, G),
         in_specs=[scalar, scalar, q_spec, q_spec, row_spec, row_spec, k1_spec, k2_spec,
@@ -140,6 +167,7 @@ def decode_diff_attention(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSGE: jax.Arra
         out_shape=jax.ShapeDtypeStruct((B, G, M, E), v_BSGE.dtype),
         interpret=bool(interpret),
         compiler_params=compiler_params,
+        cost_estimate=cost,
         name="diff_attention_decode",
     )(live11, lam11, q1, q2.astype(q1.dtype), qpos, qseg, k_cols.astype(q1.dtype),
       k_cols.astype(q1.dtype), v_cols, kseg)

@@ -1,0 +1,204 @@
+"""FLOPs and HBM bytes of one execution of a compiled program, from its optimized HLO.
+
+XLA's ``HloCostAnalysis`` counts a ``while`` body once, so a 24-layer scan shows about a
+fourteenth of a train step's FLOPs.  Here each loop body is analysed as a module of its own
+and scaled by its ``known_trip_count`` (XLA writes it into the optimized loop's backend
+config):
+
+    cost(C) = hca(C) - sum_w hca(body_w) + sum_w trips_w * cost(body_w)
+
+for the loops ``w`` that ``C`` runs (directly or through calls).  ``hca`` is XLA's own
+analysis, run through the CPU client on the text of the program compiled for any target
+(a deviceless GPU executable's ``cost_analysis()`` is None).  Pallas kernels are opaque custom
+calls to it (no FLOPs, operand and result bytes); they are counted by the ``CostEstimate``
+each kernel declared when it was traced (``record_kernel_cost``).
+
+``hbm_top`` lists the instructions that move the most bytes per step (operands read plus
+results written, times how often the loops around them run): fusions, kernels and copies,
+each named by its kind and the JAX operation it came from.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+KEYS = ("flops", "transcendentals", "bytes accessed")
+_HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
+_INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = ")
+_SHAPE = re.compile(r"\b(pred|s4|s8|s16|s32|s64|u4|u8|u16|u32|u64|f8e4m3fn|f8e5m2|bf16|f16|"
+                    r"f32|f64|c64|c128)\[([\d,]*)\]")
+_BITS = {"pred": 8, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "f8e4m3fn": 8, "f8e5m2": 8, "s16": 16,
+         "u16": 16, "bf16": 16, "f16": 16, "s32": 32, "u32": 32, "f32": 32, "s64": 64,
+         "u64": 64, "f64": 64, "c64": 64, "c128": 128}
+_HLO_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64": "f64",
+              "int32": "s32", "int8": "s8", "uint32": "u32", "bool": "pred"}
+_NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+                "call", "conditional", "after-all", "partition-id", "replica-id",
+                "opt-barrier", "async-done", "copy-done"}
+_KERNEL_NAME = re.compile(r"(diff_attention_\w+)")
+
+# (pallas_call name, result shapes) -> (flops, transcendentals, bytes), from trace time
+_KERNEL_COSTS: dict[tuple[str, str], tuple[float, float, float]] = {}
+
+
+def shape_key(shapes) -> str:
+    """HLO's spelling of result shapes (no layouts), e.g. ``(bf16[8,6,2048,256], f32[1])``."""
+    parts = [f"{_HLO_DTYPE.get(str(s.dtype), str(s.dtype))}[{','.join(map(str, s.shape))}]"
+             for s in shapes]
+    return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
+
+
+def record_kernel_cost(name: str, out_shapes, cost) -> None:
+    """Remember a Pallas kernel's declared cost for the analysis of programs that call it."""
+    _KERNEL_COSTS[(name, shape_key(out_shapes))] = (
+        float(cost.flops), float(cost.transcendentals), float(cost.bytes_accessed))
+
+
+def _nbytes(type_text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(type_text):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * _BITS[dtype] // 8
+    return total
+
+
+def _split_type(rest: str) -> tuple[str, str]:
+    """``rest`` after ``name = ``: (result type, the remainder starting at the opcode)."""
+    if rest.startswith("("):
+        depth = 0
+        for i, ch in enumerate(rest):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0:
+                return rest[:i + 1], rest[i + 1:].lstrip()
+    head, _, tail = rest.partition(" ")
+    return head, tail
+
+
+class _Module:
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.comps: dict[str, tuple[int, int]] = {}
+        self.order: list[str] = []
+        self.entry = None
+        cur = None
+        for i, line in enumerate(self.lines):
+            m = _HEADER.match(line)
+            if m and cur is None:
+                cur = m.group(2)
+                self.comps[cur] = (i, i)
+                self.order.append(cur)
+                if m.group(1):
+                    self.entry = cur
+            elif line.strip() == "}" and cur is not None:
+                self.comps[cur] = (self.comps[cur][0], i)
+                cur = None
+        self.instrs = {c: list(self._parse(c)) for c in self.order}
+
+    def _parse(self, comp):
+        a, b = self.comps[comp]
+        for line in self.lines[a + 1:b]:
+            m = _INSTR.match(line)
+            if not m:
+                continue
+            rtype, rest = _split_type(line[m.end():])
+            op = re.match(r"[\w\-]+", rest)
+            yield m.group(1), rtype, (op.group(0) if op else ""), line
+
+    def loops(self, comp):
+        """(body, trips) of the loops ``comp`` runs, and the computations it calls."""
+        whiles, calls = [], []
+        for _, _, op, line in self.instrs[comp]:
+            if op == "while":
+                body = re.search(r"body=%?([\w.\-]+)", line).group(1)
+                n = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
+                whiles.append((body, int(n.group(1)) if n else None))
+            elif op in ("call", "conditional", "async-start"):
+                for grp in re.findall(r"(?:to_apply|calls|branch_computations)="
+                                      r"\{?([%\w.\-, ]+)\}?", line):
+                    calls += [n.strip().lstrip("%") for n in grp.split(",") if n.strip()]
+        return whiles, [c for c in calls if c in self.comps]
+
+
+def _kernel_cost(line: str, rtype: str) -> tuple[float, float, float] | None:
+    m = _KERNEL_NAME.search(line)
+    if not m:
+        return None
+    return _KERNEL_COSTS.get((m.group(1), re.sub(r"\{[\d,]*\}", "", rtype)))
+
+
+def analyse(text: str) -> dict[str, Any]:
+    """Per-execution cost of the optimized HLO module ``text``: ``flops``,
+    ``transcendentals``, ``bytes accessed`` (loop bodies times their trip counts, Pallas
+    kernels by their declared cost), ``loops`` and ``hbm_top`` (see the module doc)."""
+    import jax
+    import jaxlib._hlo as hlo
+    from jax._src.lib import _jax
+
+    mod = _Module(text)
+    client = jax.devices("cpu")[0].client
+    cache: dict[str, dict[str, float]] = {}
+
+    def hca(root):
+        if root not in cache:
+            body = []
+            for c in mod.order:
+                a, b = mod.comps[c]
+                head = mod.lines[a].removeprefix("ENTRY ")
+                body += [("ENTRY " + head) if c == root else head] + mod.lines[a + 1:b + 1]
+                if c == root:
+                    break
+            sub = re.sub(r",? ?stack_frame_id=\d+", "", "\n".join(["HloModule sub", ""] + body))
+            d = _jax.hlo_module_cost_analysis(client, hlo.hlo_module_from_text(sub))
+            cache[root] = {k: float(d.get(k, 0.0)) for k in KEYS}
+        return cache[root]
+
+    unknown, loops, rows = [], [], []
+
+    def walk(comp, times):
+        """(cost of comp's own instructions and calls minus its loop bodies, loops)."""
+        own = dict.fromkeys(KEYS, 0.0)
+        whiles, calls = mod.loops(comp)
+        shapes = {n: t for n, t, _, _ in mod.instrs[comp]}
+        for name, rtype, op, line in mod.instrs[comp]:
+            if op in _NOT_KERNELS:
+                continue
+            operands = re.findall(r"%([\w.\-]+)", line.split("=", 1)[1].split("),", 1)[0])
+            nbytes = _nbytes(rtype) + sum(_nbytes(shapes.get(o, "")) for o in operands)
+            kernel = _kernel_cost(line, rtype) if op == "custom-call" else None
+            if kernel is not None:  # the declared cost replaces XLA's view of the call
+                own["flops"] += kernel[0]
+                own["transcendentals"] += kernel[1]
+                own["bytes accessed"] += kernel[2] - nbytes
+                nbytes = kernel[2]
+            src = re.search(r'op_name="([^"]*)"', line)
+            kind = re.search(r"kind=(\w+)|custom_call_target=\"([^\"]+)\"", line)
+            rows.append({"instruction": name, "op": op,
+                         "kind": next((g for g in (kind.groups() if kind else ()) if g), op),
+                         "source": src.group(1)[-120:] if src else "",
+                         "bytes": nbytes, "executions": times, "total_bytes": nbytes * times})
+        for callee in calls:
+            sub_own, sub_whiles = walk(callee, times)
+            for k in KEYS:
+                own[k] += sub_own[k]
+            whiles = whiles + sub_whiles
+        return own, whiles
+
+    def cost(comp, times):
+        own, whiles = walk(comp, times)
+        total = {k: hca(comp)[k] + own[k] for k in KEYS}
+        for body, n in whiles:
+            loops.append({"body": body, "trips": n})
+            if n is None:
+                unknown.append(body)
+                n = 1
+            inner = cost(body, times * n)
+            for k in KEYS:
+                total[k] += n * inner[k] - hca(body)[k]
+        return total
+
+    result = cost(mod.entry, 1)
+    rows.sort(key=lambda r: -r["total_bytes"])
+    return {**result, "loops": loops, "unknown_trip_counts": unknown, "rows": rows}

@@ -1,0 +1,198 @@
+"""The Pallas kernels compiled ahead of time for every named target (H100, A100, L4, TPU
+v6e-1) and for GPU descriptions that are not named, by the targets' own compilers (XLA's GPU
+compiler with Triton and ptxas; libtpu), at the 1b shapes.  No accelerator is needed: the
+compile-only wheels come with ``pip install -e '.[targets]'``; without them these tests
+skip, saying which is missing.
+
+The negative control (the kernel's old fixed tiling, 128 x 128, 8 warps, 2 stages, refused by
+the H100's compiler for want of shared memory) is the DIFF-06b conformance test in
+``conformance/test_diff_kernel.py``.
+"""
+
+import re
+import warnings
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pythoncoder import targets
+from pythoncoder.model import ModelConfig
+from pythoncoder.model.attention import differential_attention
+from pythoncoder.model.kernels import diff_attention as da
+from pythoncoder.model.kernels.diff_decode import decode_config, decode_diff_attention
+from pythoncoder.testing.targets import target_device
+
+CFG = ModelConfig.preset("1b")
+D, E, R = CFG.head_dim, CFG.value_head_dim, CFG.gqa_ratio
+HQ, HK, G = CFG.num_q_subheads, CFG.num_kv_subheads, CFG.num_kv_groups
+T = 2048  # the training length; the kernels' shared memory does not depend on the batch
+BF = jnp.bfloat16
+KERNEL_NAMES = ("diff_attention_fwd", "diff_attention_bwd_q", "diff_attention_bwd_kv")
+
+
+def _train_args(B=1, seq=T):
+    S = jax.ShapeDtypeStruct
+    return (S((B, seq, HQ, D), BF), S((B, seq, HK, D), BF), S((B, seq, G, E), BF),
+            S((), jnp.float32), S((B, seq), jnp.int32))
+
+
+def _fwd_bwd(**kw):
+    def f(q, k, v, lam, seg):
+        def loss(q, k, v, lam):
+            out = da.diff_attention(q, k, v, lam, seg, gqa_ratio=R, **kw)
+            return jnp.sum(out.astype(jnp.float32))
+        return jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, lam)
+    return f
+
+
+def _compile(fn, args, device):
+    with jax.default_device(device):
+        return jax.jit(fn).lower(*args).compile()
+
+
+def _decode_compile(device, T_new, S=8192, B=1, config=None):
+    sds = jax.ShapeDtypeStruct
+    args = (sds((B, T_new, HQ, D), BF), sds((B, S, HK, D), BF), sds((B, S, G, E), BF),
+            sds((), jnp.float32), sds((B, T_new), jnp.int32), sds((B, S), jnp.int32),
+            sds((B, T_new), jnp.int32), sds((), jnp.int32))
+
+    def fn(q, k, v, lam, q_slots, k_seg, q_seg, live):
+        return decode_diff_attention(q, k, v, lam, q_slots, k_seg, q_seg, live, gqa_ratio=R,
+                                     interpret=False, config=config)
+    return _compile(fn, args, device)
+
+
+@pytest.mark.parametrize("name", targets.GPU_TARGETS + ("v6e-1",))
+def test_training_kernel_compiles_for_each_target(name):
+    """Forward and both backward kernels, sized for the target, compile at 1b shapes."""
+    device = target_device(name)
+    text = _compile(_fwd_bwd(), _train_args(), device).as_text()
+    for kernel in KERNEL_NAMES:
+        assert kernel in text, f"{kernel} missing from the {name} program"
+    if targets.TARGETS[name].platform == "cuda":
+        assert text.count("__gpu$xla.gpu.triton") >= 3
+        limits = targets.gpu_limits(device)
+        assert limits.smem_per_block == targets.TARGETS[name].gpu["shared_memory_per_block_optin"]
+        for kernel, c in da.gpu_configs(D, E, 2, limits).items():
+            need = da.smem_estimate(kernel, c, D, E, 2, limits.compute_capability)
+            assert need <= limits.smem_per_block
+
+
+@pytest.mark.parametrize("name", targets.GPU_TARGETS)
+def test_decode_kernel_compiles_for_each_gpu_target(name):
+    """The decode kernel (decode T=1, verification T=2) against an 8192-slot cache.  On TPU
+    the model never calls it (attention.py), so only the GPUs are compiled for."""
+    device = target_device(name)
+    for T_new in (1, 2):
+        assert "diff_attention_decode" in _decode_compile(device, T_new).as_text()
+
+
+def _requested_smem(device, kernel, c):
+    """Shared memory the compiler asks for to run one kernel at ``c``, read from its refusal
+    on a description with 1 KiB per block."""
+    st = da._Static(ratio=R, configs=dict.fromkeys(da.KERNELS, c), scale=0.1, floor=True,
+                    causal=True, interpret=False, platform="gpu")
+    S = jax.ShapeDtypeStruct
+    q, k, v = S((1, 2 * R, T, D), BF), S((1, 2, T, D), BF), S((1, 2, T, E), BF)
+    stat = S((1, 2 * R, T, 1), jnp.float32)
+    common = (q, q, k, k, v, S((1, T, 1), jnp.int32), S((1, 1, T), jnp.int32),
+              S((1, 1), jnp.float32))
+    fn, args = {
+        "fwd": (da._forward, common),
+        "bwd_q": (da._backward_q, common + (stat, stat, S((1, 2 * R, T, E), BF))),
+        "bwd_kv": (da._backward_kv, common + (stat, stat, S((1, 2 * R, T, E), BF), stat, stat)),
+    }[kernel]
+    with pytest.raises(Exception, match="Shared memory size limit exceeded") as err:
+        _compile(lambda *a: fn(st, *a), args, device)
+    return int(re.search(r"requested (\d+)", str(err.value)).group(1))
+
+
+@pytest.mark.parametrize("cc", [(9, 0), (8, 9)], ids=["hopper", "ampere-ada"])
+def test_shared_memory_estimate_matches_the_compiler(cc):
+    """The estimate the sizing relies on is never below what Triton asks for, and not far
+    above it (so it does not waste a card's memory), for the tilings the named GPUs of that
+    architecture get (Hopper's wgmma and the older mma stage different tiles)."""
+    probe = target_device(target_config=targets.gpu_target_config(
+        "h100", shared_memory_per_block_optin=1024, cc=cc, device_kind=f"Probe GPU sm_{cc}"))
+    names = [n for n in targets.GPU_TARGETS if (targets.TARGETS[n].gpu["cc"] >= (9, 0))
+             == (cc >= (9, 0))]
+    chosen = {(k, c) for n in names for k, c in da.gpu_configs(D, E, 2, _limits(n)).items()}
+    for kernel, c in sorted(chosen, key=str):
+        measured = _requested_smem(probe, kernel, c)
+        estimate = da.smem_estimate(kernel, c, D, E, 2, cc)
+        assert measured <= estimate <= 1.25 * measured + 4096, (kernel, c, measured, estimate)
+    for c in {decode_config(16, D, E, 2, _limits(n)) for n in names}:
+        with pytest.raises(Exception, match="Shared memory size limit exceeded") as err:
+            _decode_compile(probe, 1, config=c)
+        measured = int(re.search(r"requested (\d+)", str(err.value)).group(1))
+        assert measured <= da.smem_estimate("decode", c, D, E, 2, cc) <= measured + 4096
+
+
+def _limits(name):
+    t = targets.TARGETS[name]
+    return targets.GpuLimits(t.gpu["cc"], t.gpu["shared_memory_per_block_optin"], name)
+
+
+def test_named_gpus_get_tilings_that_fit_them():
+    """Each card gets the biggest candidate tiling its shared memory takes: the H100 more
+    than the A100, the A100 more than the 99 KiB cards."""
+    area = {n: sum(c.block_q * c.block_k * c.num_stages
+                   for c in da.gpu_configs(D, E, 2, _limits(n)).values())
+            for n in targets.GPU_TARGETS}
+    assert area["h100"] > area["a100"] > area["l4"]
+    assert decode_config(16, D, E, 2, _limits("l4")).block_k * 2 <= \
+        decode_config(16, D, E, 2, _limits("h100")).block_k * decode_config(
+            16, D, E, 2, _limits("h100")).num_stages
+
+
+@pytest.mark.parametrize("smem,cc", [(65536, (8, 6))])
+def test_sizing_follows_an_unnamed_gpu_description(smem, cc):
+    """A GPU that is none of the named ones (another shared memory size and compute
+    capability), described by a gpu_target_config: the kernels are sized from its limits and
+    its compiler takes them."""
+    text = targets.gpu_target_config("h100", shared_memory_per_block_optin=smem,
+                                     shared_memory_per_core=smem + 1024, cc=cc,
+                                     device_kind=f"Test GPU {smem // 1024} KiB")
+    device = target_device(target_config=text)
+    limits = targets.gpu_limits(device)
+    assert (limits.smem_per_block, limits.compute_capability) == (smem, cc)
+    configs = da.gpu_configs(D, E, 2, limits)
+    assert configs != da.gpu_configs(D, E, 2, _limits("h100"))
+    text = _compile(_fwd_bwd(), _train_args(), device).as_text()
+    assert all(k in text for k in KERNEL_NAMES)
+    assert "diff_attention_decode" in _decode_compile(device, 1).as_text()
+
+
+def test_where_no_tiling_fits_auto_takes_the_reference_and_pallas_fails():
+    """An sm_75 GPU (no bf16 tensor-core dots for Triton): ``auto`` traces the reference
+    attention with a one-line warning; ``pallas`` named explicitly raises before anything
+    runs."""
+    device = target_device(target_config=targets.gpu_target_config(
+        "l4", cc=(7, 5), shared_memory_per_block_optin=65536, device_kind="Test GPU sm_75"))
+    cfg = ModelConfig.preset("tiny", compute_dtype="bfloat16")
+    q, k, v, lam, seg = _train_args(B=1, seq=64)
+    q = jax.ShapeDtypeStruct((1, 64, cfg.num_q_subheads, cfg.head_dim), BF)
+    k = jax.ShapeDtypeStruct((1, 64, cfg.num_kv_subheads, cfg.head_dim), BF)
+    v = jax.ShapeDtypeStruct((1, 64, cfg.num_kv_groups, cfg.value_head_dim), BF)
+
+    def attend(c, device=device):
+        def f(q, k, v, lam, seg):
+            slots = jnp.arange(seg.shape[1], dtype=jnp.int32)
+            return differential_attention(q, k, v, lam, slots[None], slots, seg, seg, cfg=c,
+                                          self_attention=True)
+        with jax.default_device(device):
+            return str(jax.make_jaxpr(f)(q, k, v, lam, seg))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jaxpr = attend(cfg)
+    assert "pallas_call" not in jaxpr
+    assert len(caught) == 1 and "reference" in str(caught[0].message)
+    assert "compute capability" in str(caught[0].message)
+    with pytest.raises(da.KernelDoesNotFit, match="attention_impl='pallas'.*sm_75"):
+        attend(cfg.replace(attention_impl="pallas"))
+    # the control: on an sm_80 card the same trace takes the kernel
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "pallas_call" in attend(cfg, target_device("a100"))

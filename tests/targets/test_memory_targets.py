@@ -1,0 +1,152 @@
+"""``pythoncoder memory`` for a target without the target: compiled memory, FLOPs and HBM
+bytes per step (loop bodies per trip, Pallas kernels by their declared cost), the roofline
+bound, and the by-bytes list of the step's largest HBM consumers.
+
+The fast tests compile the tiny preset's step for a deviceless H100 (seconds); the 1b step
+per named target is ``slow`` (about 20 s and 1.2 GB each).
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pythoncoder import hlo_cost, targets
+from pythoncoder.cli import main
+from pythoncoder.model import ModelConfig
+from pythoncoder.model.kernels.diff_attention import gpu_configs, visible_tiles
+from pythoncoder.testing.targets import target_device
+
+FIELDS = ("attention_impl", "total_bytes", "flops_per_step", "hbm_bytes_per_step",
+          "roofline_step_s", "roofline_tokens_per_s", "roofline_mfu", "hbm_top", "limit_bytes")
+
+
+def _memory(capsys, *args):
+    code = main(["memory", "--json", *args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def hand_flops(cfg: ModelConfig, B: int, T: int, limits) -> float:
+    """The step's FLOPs derived by hand (remat full, accumulation 1).
+
+    Matmuls: each token passes through the 24 blocks' projections and MLP, the MTP
+    projection and the output head twice (next token and MTP): 2 FLOPs per parameter
+    forward, 4 backward; remat full recomputes the blocks' forward once more (2 more) and
+    the chunked loss (its chunks are checkpointed) the two head matmuls (2 more each).
+    Attention, per (batch row, head) and per score element the kernel visits (causal
+    tiles, diagonal tiles whole): forward two passes of both maps' scores (2 x 2 x 2D) plus
+    A V (2E); the dQ kernel two passes of scores and dO V^T (2 x (4D + 2E)) plus dS K for
+    both maps (4D); the dK/dV kernel scores, dO V^T, dK1, dK2, dV (8D + 4E).  Remat full
+    runs the forward kernel twice."""
+    d, L, V = cfg.hidden_size, cfg.num_layers, cfg.model_vocab_rows
+    D, E, H = cfg.head_dim, cfg.value_head_dim, cfg.num_diff_heads
+    block = d * (cfg.q_width + 2 * cfg.kv_width) + H * E * d + 3 * d * cfg.intermediate_size
+    tokens = B * T
+    matmul = tokens * (6 * (L * block + 2 * d * d + 2 * V * d) + 2 * L * block + 2 * 2 * V * d)
+    c = {k: v for k, v in gpu_configs(D, E, 2, limits).items()}
+
+    def elems(k):
+        return visible_tiles(T, c[k].block_q, c[k].block_k) * c[k].block_q * c[k].block_k
+
+    attention = L * B * H * (2 * elems("fwd") * (8 * D + 2 * E)
+                             + elems("bwd_q") * (12 * D + 4 * E)
+                             + elems("bwd_kv") * (8 * D + 4 * E))
+    return matmul + attention
+
+
+def test_memory_for_the_h100_reports_the_step_bound(capsys):
+    """The tiny step compiled for a deviceless H100: every field, consistent with itself,
+    and FLOPs within 5% above the hand count (the rest: norms, softmax over the 151,808
+    logits, AdamW)."""
+    device = target_device("h100")
+    cfg = ModelConfig.preset("tiny", compute_dtype="bfloat16", remat_policy="full")
+    B, T = 2, 256
+    r = _memory(capsys, "--preset", "tiny", "--micro-batch", str(B), "--seq-len", str(T),
+                "--accum-steps", "1", "--remat", "full", "--topology", "h100")
+    assert all(k in r for k in FIELDS)
+    assert r["attention_impl"] == "pallas" and r["target"] == "h100"
+    assert r["limit_bytes"] == targets.TARGETS["h100"].hbm_bytes
+    assert 0 < r["total_bytes"] < r["limit_bytes"] and r["fits_device"]
+    sheet = targets.datasheet("h100")
+    assert r["roofline_step_s"] == pytest.approx(max(
+        r["flops_per_step"] / sheet["peak_bf16_flops"],
+        r["hbm_bytes_per_step"] / sheet["hbm_bandwidth"]), rel=1e-9)
+    assert r["roofline_tokens_per_s"] == pytest.approx(B * T / r["roofline_step_s"], rel=1e-9)
+    assert 0 < r["roofline_mfu"] <= 1
+    assert r["unknown_trip_counts"] == [] and any(w["trips"] == cfg.num_layers
+                                                  for w in r["loops"])
+    top = [row["total_bytes"] for row in r["hbm_top"]]
+    assert len(top) >= 5 and top == sorted(top, reverse=True)
+    hand = hand_flops(cfg, B, T, targets.gpu_limits(device))
+    assert hand <= r["flops_per_step"] <= 1.05 * hand
+
+
+def test_memory_rejects_a_file_that_is_no_gpu_description(capsys, tmp_path):
+    bad = tmp_path / "bad.pbtxt"
+    bad.write_text("gpu_device_info { core_count: 1 }")
+    assert main(["memory", "--preset", "tiny", "--target-config", str(bad)]) == 2
+    assert "not a gpu_target_config" in capsys.readouterr().err
+    assert main(["memory", "--preset", "tiny", "--target-config", str(tmp_path / "no")]) == 2
+    assert main(["memory", "--topology", "h100", "--target-config", str(bad)]) == 2
+
+
+@pytest.mark.slow
+def test_memory_for_a_gpu_description_file(capsys, tmp_path):
+    """--target-config: a GPU that is not named, described by a gpu_target_config; peaks
+    from the description."""
+    target_device("l4")  # skips without the compiler wheels
+    path = tmp_path / "gpu.pbtxt"
+    path.write_text(targets.gpu_target_config("l4", shared_memory_per_block_optin=65536,
+                                              device_kind="Test GPU 64 KiB"))
+    r = _memory(capsys, "--preset", "tiny", "--micro-batch", "1", "--seq-len", "256",
+                "--accum-steps", "1", "--target-config", str(path))
+    assert r["target"] == "Test GPU 64 KiB" and r["attention_impl"] == "pallas"
+    assert "description" in r["peaks_source"] and r["roofline_step_s"] > 0
+
+
+def test_loop_bodies_count_once_per_trip():
+    """A scan of 7 matmuls: XLA's own analysis counts the body once, ``hlo_cost`` seven
+    times (the control shows the difference is real)."""
+    n, trips = 64, 7
+
+    def f(x, ws):
+        return jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), x, ws)[0]
+
+    compiled = jax.jit(f).lower(jax.ShapeDtypeStruct((n, n), jnp.float32),
+                                jax.ShapeDtypeStruct((trips, n, n), jnp.float32)).compile()
+    cost = hlo_cost.analyse(compiled.as_text())
+    per_trip = 2 * n**3
+    np.testing.assert_allclose(cost["flops"], trips * per_trip, rtol=0.05, atol=0)
+    assert cost["loops"] and cost["loops"][0]["trips"] == trips
+    xla = compiled.cost_analysis()
+    xla = xla[0] if isinstance(xla, list) else xla
+    assert xla["flops"] < 2 * per_trip  # the body once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", targets.GPU_TARGETS)
+def test_1b_step_for_each_gpu(capsys, name):
+    """The 1b step at 8 x 2048, accumulation 1, remat full, for each named GPU: the fused
+    kernel, within the card's memory, FLOPs within the hand count; on the H100 the roofline
+    bound is at most 0.25 s."""
+    device = target_device(name)
+    r = _memory(capsys, "--preset", "1b", "--accum-steps", "1", "--remat", "full",
+                "--topology", name)
+    assert r["attention_impl"] == "pallas"
+    assert r["total_bytes"] < targets.TARGETS[name].hbm_bytes
+    hand = hand_flops(ModelConfig.preset("1b"), 8, 2048, targets.gpu_limits(device))
+    assert hand <= r["flops_per_step"] <= 1.05 * hand
+    if name == "h100":
+        assert r["roofline_step_s"] <= 0.25
+
+
+@pytest.mark.slow
+def test_1b_step_for_v6e_uses_the_kernel(capsys):
+    target_device("v6e-1")
+    r = _memory(capsys, "--preset", "1b", "--accum-steps", "1", "--remat", "full",
+                "--topology", "v6e-1")
+    assert r["attention_impl"] == "pallas" and r["fits_device"]
