@@ -194,6 +194,17 @@ def test_arguments_built_from_a_wrong_answer_fail():
     assert status == "failed" and calls == ["called 1", "called 2"]
 
 
+@pytest.mark.req("EVAL-05")
+def test_a_test_catching_exceptions_cannot_swallow_a_dead_candidate():
+    spec = dict(SPEC, test="for x in (1, 2):\n    try:\n        f(x)\n"
+                           "    except Exception:\n        pass\n")
+    dies = run_program(Job("def f(x):\n    import os\n    os._exit(0)\n", spec), SECURE)
+    assert dies.result == "failed: the candidate died during a call to f", dies.result
+    # Control: an exception the candidate raises is the test's to catch (a pass here).
+    raises = run_program(Job("def f(x):\n    raise ValueError(x)\n", spec), SECURE)
+    assert raises.passed, raises.result
+
+
 # ---------------------------------------------------------------------------------------
 # Nothing of the host on a command line inside the sandbox.
 

@@ -55,12 +55,14 @@ _EXCEPTIONS = {
 }
 
 
-class Unsupported(Exception):
+# Both derive from BaseException: a test's own ``except Exception`` (around a call it
+# expects to raise) must not swallow them and read a dead or diverged candidate as a pass.
+class Unsupported(BaseException):
     """The test hands the candidate something that cannot cross as plain data."""
 
 
-class CandidateGone(Exception):
-    pass
+class CandidateGone(BaseException):
+    """The candidate died, answered garbage, or the test's calls left the trace."""
 
 
 def _clean(text, limit=200):
