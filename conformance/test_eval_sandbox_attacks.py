@@ -148,6 +148,32 @@ def test_inode_flood_is_capped():
     assert SandboxConfig().work_inodes == check_values("EVAL-04")["work_inodes"]
 
 
+FILL = """
+written = 0
+try:
+    for n in range(6):
+        with open(f"big{n}", "wb") as f:
+            for _ in range(15):
+                f.write(bytes(1 << 20))
+                written += 1
+except OSError as e:
+    print("stopped", written, e.errno)
+else:
+    print("wrote", written)
+"""
+
+
+@pytest.mark.req("EVAL-04")
+@pytest.mark.skipif(not BWRAP, reason="needs bubblewrap")
+def test_work_bytes_are_capped():
+    capped = run_program(FILL, dataclasses_replace(SECURE, work_bytes=32 * 1024**2))
+    word, mib, *err = capped.stdout.split()
+    assert word == "stopped" and int(mib) <= 32 and err == ["28"], capped.stdout  # ENOSPC
+    # Control: a cap above the 90 MiB written lets it all through.
+    loose = run_program(FILL, dataclasses_replace(SECURE, work_bytes=128 * 1024**2))
+    assert loose.stdout.split() == ["wrote", "90"], loose.stdout
+
+
 def dataclasses_replace(config: SandboxConfig, **changes) -> SandboxConfig:
     import dataclasses
 
