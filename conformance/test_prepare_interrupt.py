@@ -51,9 +51,15 @@ def test_an_interrupted_prepare_leaves_no_build_folder(tmp_path, monkeypatch, ho
             yield doc
 
     monkeypatch.setattr(sources_lib, "iter_documents", interrupted)
-    with pytest.raises(KeyboardInterrupt if how == "sigint" else SystemExit):
-        prepare([str(src)], out, seq_len=16, val_fraction=0.0, num_workers=1,
-                progress=False, shard_tokens=17 * 2)
+    # Python's own SIGINT handler (Ctrl-C -> KeyboardInterrupt), whatever this process
+    # inherited: a shell starts background jobs with SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt if how == "sigint" else SystemExit):
+            prepare([str(src)], out, seq_len=16, val_fraction=0.0, num_workers=1,
+                    progress=False, shard_tokens=17 * 2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(seen_build) == 1 and any(n.startswith("train-") for n in seen_build[0]), \
         seen_build  # the interrupt came while a build folder with shards existed
     assert sorted(p.name for p in tmp_path.iterdir()) == listing_before  # nothing left
