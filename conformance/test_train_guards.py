@@ -151,6 +151,24 @@ def test_checkpoints_and_lr_follow_the_steps_that_applied_an_update(data_dir, tm
     assert want[:4] == [0.0] * 4 and want[-1] < sched["peak"]  # warmup start, decay reached
     np.testing.assert_allclose([r["lr"] for r in rows], want, rtol=1e-6, atol=1e-12)
 
+    # what each checkpoint carries: the optimizer's own step counts (the ones its LR
+    # schedule reads) are the updates applied so far, the skipped ones are counted apart
+    from pythoncoder.train.memory import abstract_train_state
+    from pythoncoder.train.optimizer import make_optimizer
+
+    tx, _ = make_optimizer(tcfg, total, out["plan"].warmup_steps)
+    abstract = abstract_train_state(build_model(model_cfg(), seed=tcfg.seed), tx)
+    ckpt = Checkpointer(run_dir, read_only=True)
+    for s in (4, 10):
+        state, meta = ckpt.restore(abstract, s)
+        applied = sum(k not in bad for k in range(1, s + 1))
+        assert int(state.step) == applied and int(state.skipped) == s - applied
+        assert meta["skipped"] == s - applied
+        counts = [int(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(
+            state.opt_state) if "count" in jax.tree_util.keystr(path)]
+        assert counts and all(c == applied for c in counts), (s, counts)
+    ckpt.close()
+
     initial = params_of(build_model(model_cfg(), seed=tcfg.seed))
     first = params_of(restore_model(run_dir, 4))
     for a, b in zip(first, initial, strict=True):  # update 0 had LR 0: nothing moved
