@@ -18,6 +18,7 @@ the public loader in the order a run consumes them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -35,12 +36,20 @@ from pythoncoder.train.config import TrainConfig
 VOCAB = 151_808
 
 
-def model_cfg() -> ModelConfig:
-    """The real vocabulary (the data holds real token ids), everything else minimal."""
+@functools.lru_cache
+def _rows(data_dir: str) -> tuple[int, ...]:
+    from pythoncoder.model.vocab import frequent_ids
+
+    return frequent_ids(data_dir, 512)
+
+
+def model_cfg(data_dir) -> ModelConfig:
+    """The real vocabulary's ids (the data holds them) on at most 512 model rows (the ids
+    the data uses, and "other"), so checkpoints are small; everything else minimal."""
     return ModelConfig(name="test", vocab_size=VOCAB, hidden_size=32, num_layers=2,
                        head_dim=8, intermediate_size=64, compute_dtype="float32",
                        remat_policy="none", attn_block_size=16, loss_chunk_size=64,
-                       tpu_aligned=False)
+                       tpu_aligned=False, vocab_subset=_rows(str(data_dir)))
 
 
 def train_cfg(**kw) -> TrainConfig:
@@ -56,7 +65,7 @@ def run(tcfg: TrainConfig, data_dir, run_dir, **kw):
 
     kw = {"progress": False, "mesh": make_mesh(1, 1, jax.devices()[:1]),
           "log": lambda *_: None, **kw}
-    return train(model_cfg(), tcfg, data_dir, run_dir, **kw)
+    return train(model_cfg(data_dir), tcfg, data_dir, run_dir, **kw)
 
 
 def step_batches(data_dir, tcfg: TrainConfig, steps: int) -> list[np.ndarray]:
@@ -157,7 +166,7 @@ def test_checkpoints_and_lr_follow_the_steps_that_applied_an_update(data_dir, tm
     from pythoncoder.train.optimizer import make_optimizer
 
     tx, _ = make_optimizer(tcfg, total, out["plan"].warmup_steps)
-    abstract = abstract_train_state(build_model(model_cfg(), seed=tcfg.seed), tx)
+    abstract = abstract_train_state(build_model(model_cfg(data_dir), seed=tcfg.seed), tx)
     ckpt = Checkpointer(run_dir, read_only=True)
     for s in (4, 10):
         state, meta = ckpt.restore(abstract, s)
@@ -169,7 +178,7 @@ def test_checkpoints_and_lr_follow_the_steps_that_applied_an_update(data_dir, tm
         assert counts and all(c == applied for c in counts), (s, counts)
     ckpt.close()
 
-    initial = params_of(build_model(model_cfg(), seed=tcfg.seed))
+    initial = params_of(build_model(model_cfg(data_dir), seed=tcfg.seed))
     first = params_of(restore_model(run_dir, 4))
     for a, b in zip(first, initial, strict=True):  # update 0 had LR 0: nothing moved
         np.testing.assert_array_equal(a, b)
