@@ -247,7 +247,7 @@ def test_fresh_train_into_a_run_with_checkpoints_refuses(tmp_path, data_dir):
 @pytest.mark.req("RUN-04")
 @pytest.mark.parametrize("field", ["preset", "seq_len", "micro_batch", "model", "data"])
 def test_resume_checks_what_it_resumes(tmp_path, data_dir, field):
-    from pythoncoder.train.loop import data_fingerprint
+    from pythoncoder.train.run import data_fingerprint
 
     mcfg, tcfg = micro_cfgs()
     saved_m, saved_t = mcfg, tcfg

@@ -480,9 +480,9 @@ def test_resume_without_checkpoint_is_a_clear_error(data_dir, tmp_path):
 @pytest.mark.req("TRAIN-08")
 def test_consecutive_nonfinite_steps_stop_with_checkpoint_intact(data_dir, tmp_path,
                                                                  monkeypatch):
-    import pythoncoder.train.loop as loop
+    import pythoncoder.train.run as setup  # where the run's step is built
 
-    real = loop.make_train_step
+    real = setup.make_train_step
 
     def poisoned_step(graphdef, tx, **kw):
         inner = real(graphdef, tx, **kw)
@@ -496,7 +496,7 @@ def test_consecutive_nonfinite_steps_stop_with_checkpoint_intact(data_dir, tmp_p
 
         return step
 
-    monkeypatch.setattr(loop, "make_train_step", poisoned_step)
+    monkeypatch.setattr(setup, "make_train_step", poisoned_step)
     logs = []
     with pytest.raises(NonFiniteError, match="3 consecutive non-finite steps"):
         run(small_model_cfg(), micro_train_cfg(max_consecutive_nonfinite=3), data_dir,
@@ -519,9 +519,10 @@ def _step_that(monkeypatch, *, poison_from=None, signal_at=None):
     import signal
 
     import pythoncoder.train.loop as loop
+    import pythoncoder.train.run as setup  # where the run's step is built
 
     if poison_from is not None:
-        real = loop.make_train_step
+        real = setup.make_train_step
 
         def poisoned(graphdef, tx, **kw):
             inner = real(graphdef, tx, **kw)
@@ -535,7 +536,7 @@ def _step_that(monkeypatch, *, poison_from=None, signal_at=None):
 
             return step
 
-        monkeypatch.setattr(loop, "make_train_step", poisoned)
+        monkeypatch.setattr(setup, "make_train_step", poisoned)
     if signal_at is not None:
         reshape, calls = loop._reshape_batch, [0]
 

@@ -239,7 +239,7 @@ def test_resume_accepts_the_same_subset_and_names_a_different_one(tmp_path):
     in one short line (not 8k ids)."""
     from pythoncoder.checkpoint import CheckpointError, write_run_files
     from pythoncoder.train.config import TrainConfig
-    from pythoncoder.train.loop import check_resume
+    from pythoncoder.train.run import check_resume
 
     cfg, tcfg = _cfg(), TrainConfig(seq_len=16, micro_batch=2, accum_steps=1)
     write_run_files(tmp_path, cfg, tcfg, {"total_steps": 1})

@@ -137,6 +137,7 @@ def test_train_resolves_auto_records_it_and_uses_it(tmp_path, monkeypatch):
     records the choice in run.json while the model config keeps ``auto`` (resume)."""
     from pythoncoder.data.prepare import prepare
     from pythoncoder.train import loop
+    from pythoncoder.train import run as run_setup  # where the run's step is built
 
     src = tmp_path / "src"
     src.mkdir()
@@ -167,7 +168,7 @@ def test_train_resolves_auto_records_it_and_uses_it(tmp_path, monkeypatch):
     from pythoncoder.train import memory
 
     monkeypatch.setattr(memory, "make_train_step", spy(compiled_for, memory.make_train_step))
-    monkeypatch.setattr(loop, "make_train_step", spy(jitted, loop.make_train_step))
+    monkeypatch.setattr(run_setup, "make_train_step", spy(jitted, run_setup.make_train_step))
     lines: list[str] = []
     out = loop.train(cfg, tcfg, tmp_path / "data", tmp_path / "run", total_steps=3,
                      mesh=mesh, progress=False, log=lines.append)

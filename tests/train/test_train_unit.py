@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pythoncoder.cli import main as cli_main
 from pythoncoder.train.config import TrainConfig, TrainConfigError, plan_run
-from pythoncoder.train.loop import plot_curves
+from pythoncoder.train.metrics import plot_curves
 from pythoncoder.train.sharding import FSDP, fsdp_spec, make_mesh
 
 
@@ -101,7 +101,7 @@ def test_mfu_peak_comes_from_a_table_not_a_timed_matmul():
 def test_metrics_sink_writes_jsonl_rows_history_and_optional_tensorboard(tmp_path):
     """The sink: one JSON object per logged step (non-finite as null), validation rows, the
     summary history; a TensorBoard writer, when present, gets the same scalars."""
-    from pythoncoder.train.loop import MetricsSink
+    from pythoncoder.train.metrics import MetricsSink
 
     sink = MetricsSink(tmp_path, total=3, initial=0, progress=False)
 
