@@ -107,6 +107,41 @@ class _Module:
             op = re.match(r"[\w\-]+", rest)
             yield m.group(1), rtype, (op.group(0) if op else ""), line
 
+    def traffic(self, line: str, rtype: str, operand_types: list[str]) -> int:
+        """HBM bytes of one instruction: operands read plus results written.  For a fusion,
+        an operand the fused code only slices counts the slices it reads, and a result
+        written in place by a dynamic-update-slice (its buffer aliased to an operand)
+        counts the update (as XLA's cost analysis does)."""
+        sizes = [_nbytes(t) for t in operand_types]
+        out = _nbytes(rtype)
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        if " fusion(" not in line or not called or called.group(1) not in self.instrs:
+            return out + sum(sizes)
+        body = self.instrs[called.group(1)]
+        params = {}
+        for name, _, op, text in body:
+            if op == "parameter":
+                params[name] = int(re.search(r"parameter\((\d+)\)", text).group(1))
+        users: dict[str, list[tuple[str, str]]] = {}
+        for _, t, op, text in body:
+            for a in re.findall(r"%([\w.\-]+)", text.split("=", 1)[1].split("),", 1)[0]):
+                if a in params:
+                    users.setdefault(a, []).append((op, t))
+        root = next(((op, t, text) for name, t, op, text in body
+                     if text.lstrip().startswith("ROOT")), None)
+        if root and root[0] == "dynamic-update-slice":
+            args = re.findall(r"%([\w.\-]+)", root[2].split("=", 1)[1].split("),", 1)[0])
+            if args and args[0] in params and len(args) > 1:
+                update = next((t for n, t, _, _ in body if n == args[1]), "")
+                sizes[params[args[0]]] = 0  # the buffer, aliased to the result
+                out = _nbytes(update)
+        for name, index in params.items():
+            use = users.get(name, [])
+            if use and index < len(sizes) and sizes[index] and all(
+                    op in ("dynamic-slice", "slice") for op, _ in use):
+                sizes[index] = min(sizes[index], sum(_nbytes(t) for _, t in use))
+        return out + sum(sizes)
+
     def loops(self, comp):
         """(body, trips) of the loops ``comp`` runs, and the computations it calls."""
         whiles, calls = [], []
@@ -166,7 +201,7 @@ def analyse(text: str) -> dict[str, Any]:
             if op in _NOT_KERNELS:
                 continue
             operands = re.findall(r"%([\w.\-]+)", line.split("=", 1)[1].split("),", 1)[0])
-            nbytes = _nbytes(rtype) + sum(_nbytes(shapes.get(o, "")) for o in operands)
+            nbytes = mod.traffic(line, rtype, [shapes.get(o, "") for o in operands])
             kernel = _kernel_cost(line, rtype) if op == "custom-call" else None
             if kernel is not None:  # the declared cost replaces XLA's view of the call
                 own["flops"] += kernel[0]

@@ -341,7 +341,9 @@ def run_memory(args: argparse.Namespace) -> int:
         limit = report["limit_bytes"]
         print(f"  fits {limit / 2**30:.1f} GiB: {report['total_bytes'] <= limit}")
         print(f"  attention: {report['attention_impl']}")
-        if "roofline_step_s" in report:
+        if report.get("cost_note"):
+            print(f"  per step: {report['cost_note']}")
+        if report.get("roofline_step_s"):
             print(f"  per step: {report['flops_per_step'] / 1e12:.1f} TFLOP, "
                   f"{report['hbm_bytes_per_step'] / 1e9:.1f} GB of HBM traffic")
             print(f"  roofline bound: {report['roofline_step_s']:.3f} s/step "

@@ -147,6 +147,14 @@ def step_roofline(hlo_text: str, sheet: dict[str, Any], model_cfg: ModelConfig,
     from pythoncoder import hlo_cost
 
     cost = hlo_cost.analyse(hlo_text)
+    loops = [{"body": w["body"], "trips": w["trips"]} for w in cost["loops"]]
+    if cost["unknown_trip_counts"]:  # a per-step figure would count those bodies once
+        return {"flops_per_step": None, "hbm_bytes_per_step": None, "roofline_step_s": None,
+                "roofline_tokens_per_s": None, "roofline_mfu": None, "loops": loops,
+                "unknown_trip_counts": cost["unknown_trip_counts"],
+                "cost_note": "the compiler left loop trip counts out of the optimized HLO; "
+                             "no per-step FLOPs or bytes",
+                "hbm_top": cost["rows"][:top]}
     flops, nbytes = cost["flops"], cost["bytes accessed"]
     compute_s = flops / sheet["peak_bf16_flops"]
     memory_s = nbytes / sheet["hbm_bandwidth"]
@@ -166,7 +174,7 @@ def step_roofline(hlo_text: str, sheet: dict[str, Any], model_cfg: ModelConfig,
         "roofline_step_s": step_s,
         "roofline_tokens_per_s": tokens / step_s if step_s else None,
         "roofline_mfu": model_flops / sheet["peak_bf16_flops"] / step_s if step_s else None,
-        "loops": [{"body": w["body"], "trips": w["trips"]} for w in cost["loops"]],
-        "unknown_trip_counts": cost["unknown_trip_counts"],
+        "loops": loops,
+        "unknown_trip_counts": [],
         "hbm_top": cost["rows"][:top],
     }

@@ -35,8 +35,10 @@ def hand_flops(cfg: ModelConfig, B: int, T: int, limits) -> float:
 
     Matmuls: each token passes through the 24 blocks' projections and MLP, the MTP
     projection and the output head twice (next token and MTP): 2 FLOPs per parameter
-    forward, 4 backward; remat full recomputes the blocks' forward once more (2 more) and
-    the chunked loss (its chunks are checkpointed) the two head matmuls (2 more each).
+    forward, 4 backward; remat full recomputes the blocks' forward once more (2 more), less
+    the two matmuls whose outputs only feed a residual add (o_proj, the MLP's down
+    projection: the backward needs their inputs, not their outputs), and the loss's backward
+    recomputes the two head matmuls' logits (2 more each).
     Attention, per (batch row, head) and per score element the kernel visits (causal
     tiles, diagonal tiles whole): forward two passes of both maps' scores (2 x 2 x 2D) plus
     A V (2E); the dQ kernel two passes of scores and dO V^T (2 x (4D + 2E)) plus dS K for
@@ -46,7 +48,9 @@ def hand_flops(cfg: ModelConfig, B: int, T: int, limits) -> float:
     D, E, H = cfg.head_dim, cfg.value_head_dim, cfg.num_diff_heads
     block = d * (cfg.q_width + 2 * cfg.kv_width) + H * E * d + 3 * d * cfg.intermediate_size
     tokens = B * T
-    matmul = tokens * (6 * (L * block + 2 * d * d + 2 * V * d) + 2 * L * block + 2 * 2 * V * d)
+    recomputed = block - H * E * d - d * cfg.intermediate_size
+    matmul = tokens * (6 * (L * block + 2 * d * d + 2 * V * d) + 2 * L * recomputed
+                       + 2 * 2 * V * d)
     c = {k: v for k, v in gpu_configs(D, E, 2, limits).items()}
 
     def elems(k):
@@ -150,3 +154,31 @@ def test_1b_step_for_v6e_uses_the_kernel(capsys):
     r = _memory(capsys, "--preset", "1b", "--accum-steps", "1", "--remat", "full",
                 "--topology", "v6e-1")
     assert r["attention_impl"] == "pallas" and r["fits_device"]
+
+
+def test_loss_gradient_writes_no_logit_sized_scatter():
+    """The chunked cross-entropy's backward forms d(logits) in one pass (issue 25: the
+    autodiff of the target gather scattered into a zero logit-sized buffer per chunk, the
+    largest HBM consumer of the 1b step).  Control: plain autodiff of the same loss does
+    scatter."""
+    from pythoncoder.model.loss import chunked_cross_entropy
+
+    n, d, V = 64, 16, 512
+    S = jax.ShapeDtypeStruct
+    args = (S((n, d), jnp.bfloat16), S((d, V), jnp.float32), S((n,), jnp.int32),
+            S((n,), jnp.float32))
+
+    def ours(x, w, y, wt):
+        return chunked_cross_entropy(x, w, y, wt, 16)
+
+    def autodiff(x, w, y, wt):
+        logits = jnp.dot(x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+        target = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+        return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * wt)
+
+    def hlo(f):
+        grad = jax.grad(f, argnums=(0, 1))
+        return jax.jit(grad).lower(*args).compile().as_text()
+
+    assert " scatter(" in hlo(autodiff)
+    assert " scatter(" not in hlo(ours)
