@@ -81,19 +81,8 @@ def engines(cfg):
 
 def step_bytes(engine: Engine, batch: int, context: float, *, with_mtp: bool) -> float:
     """Bytes one decode step must read: weights (embedding rows only) + live KV cache."""
-    cfg = engine.cfg
-    total = 0
-    for path, x in jax.tree_util.tree_leaves_with_path(engine.params):
-        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        if keys[0] == "mtp" and not with_mtp:
-            continue
-        if keys[0] == "embed":
-            total += batch * x.shape[-1] * x.dtype.itemsize
-            continue
-        total += x.size * x.dtype.itemsize
-    kv_item = jnp.dtype(cfg.dtype()).itemsize
-    kv = cfg.num_layers * batch * context * cfg.kv_values_per_token_per_layer * kv_item
-    return total + kv
+    return perf.decode_step_bytes(engine.params, engine.cfg, batch, context,
+                                  with_mtp=with_mtp)
 
 
 @pytest.mark.parametrize("batch", [1, 8])

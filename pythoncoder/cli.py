@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pythoncoder.infer.commands", "generate from a trained run"),
     "eval": ("pythoncoder.eval.commands", "HumanEval / MBPP pass@k in a sandbox"),
     "export": ("pythoncoder.export", "portable weights: safetensors + config + tokenizer"),
+    "device-check": ("pythoncoder.devicecheck", "kernels, train MFU and decode on a GPU/TPU "
+                     "(--dry-run: on the CPU)"),
 }
 
 
@@ -47,7 +49,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 p.set_defaults(func=lambda _a, n=name: _not_available(n))
                 continue
             raise
-        getattr(mod, f"configure_{name}")(p)
+        getattr(mod, f"configure_{name.replace('-', '_')}")(p)
     return parser
 
 

@@ -88,6 +88,24 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * matmul_params + L * 6.0 * seq_len * cfg.q_width
 
 
+def decode_step_bytes(params, cfg: ModelConfig, batch: int, context: float, *,
+                      with_mtp: bool) -> float:
+    """Bytes one decode step must read: every weight once (the embedding only for the
+    ``batch`` rows it gathers; the MTP module only ``with_mtp``) plus the live KV cache of
+    ``context`` tokens per row.  ``batch`` x bandwidth / this is the decode roofline."""
+    total = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if keys[0] == "mtp" and not with_mtp:
+            continue
+        if keys[0] == "embed":
+            total += batch * x.shape[-1] * x.dtype.itemsize
+            continue
+        total += x.size * x.dtype.itemsize
+    kv_item = jnp.dtype(cfg.dtype()).itemsize
+    return total + cfg.num_layers * batch * context * cfg.kv_values_per_token_per_layer * kv_item
+
+
 def bench_preset(name: str, backend: str) -> str:
     """The preset a benchmark runs: ``auto`` is ``1b`` on an accelerator (what users train
     and serve there; a tiny model measures dispatch, not the device) and ``tiny`` on CPU."""
