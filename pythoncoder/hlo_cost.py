@@ -142,6 +142,50 @@ class _Module:
                 sizes[index] = min(sizes[index], sum(_nbytes(t) for _, t in use))
         return out + sum(sizes)
 
+    def _define(self, comp: str, name: str) -> str:
+        return next((t for n, _, _, t in self.instrs.get(comp, []) if n == name), "")
+
+    def _constant(self, comp: str, name: str, depth: int = 4) -> int | None:
+        """The integer value of ``name`` if it is a scalar constant (through copies)."""
+        text = self._define(comp, name)
+        m = re.search(r" constant\((-?\d+)\)", text)
+        if m:
+            return int(m.group(1))
+        m = re.search(r" (?:copy|bitcast|convert)\(%?([\w.\-]+)\)", text)
+        return self._constant(comp, m.group(1), depth - 1) if m and depth else None
+
+    def _counted(self, comp: str, line: str) -> int | None:
+        """Trip count of a ``while`` without ``known_trip_count`` (libtpu's HLO): a
+        condition ``counter < N`` on a tuple element that starts at a constant ``c`` gives
+        ``N - c`` (the loops JAX emits step their counter by one)."""
+        cond = re.search(r"condition=%?([\w.\-]+)", line)
+        init = re.search(r" while\(%?([\w.\-]+)\)", line)
+        if not cond or not init or cond.group(1) not in self.instrs:
+            return None
+        root = next((t for _, _, _, t in self.instrs[cond.group(1)]
+                     if t.lstrip().startswith("ROOT")), "")
+        m = re.search(r"compare\(%?([\w.\-]+), %?([\w.\-]+)\), direction=LT", root)
+        wrapped = re.search(r"fusion\(%?([\w.\-]+), %?([\w.\-]+)\).*calls=%?([\w.\-]+)",
+                            root)
+        if not m and wrapped and wrapped.group(3) in self.instrs:  # compare in a fusion
+            inner = next((t for _, _, _, t in self.instrs[wrapped.group(3)]
+                          if t.lstrip().startswith("ROOT")), "")
+            if re.search(r"compare\(%?[\w.\-]*param_0[\w.\-]*, %?[\w.\-]*param_1"
+                         r"[\w.\-]*\), direction=LT", inner):
+                m = wrapped
+        if not m:
+            return None
+        index = re.search(r"index=(\d+)", self._define(cond.group(1), m.group(1)))
+        bound = self._constant(cond.group(1), m.group(2))
+        tup = re.search(r" tuple\(([^)]*)\)", self._define(comp, init.group(1)))
+        if index is None or bound is None or tup is None:
+            return None
+        parts = [p.strip().lstrip("%") for p in tup.group(1).split(",")]
+        parts = [re.sub(r"^/\*index=\d+\*/%?", "", p) for p in parts]
+        k = int(index.group(1))
+        start = self._constant(comp, parts[k]) if k < len(parts) else None
+        return bound - start if start is not None and bound >= start else None
+
     def loops(self, comp):
         """(body, trips) of the loops ``comp`` runs, and the computations it calls."""
         whiles, calls = [], []
@@ -149,7 +193,7 @@ class _Module:
             if op == "while":
                 body = re.search(r"body=%?([\w.\-]+)", line).group(1)
                 n = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
-                whiles.append((body, int(n.group(1)) if n else None))
+                whiles.append((body, int(n.group(1)) if n else self._counted(comp, line)))
             elif op in ("call", "conditional", "async-start"):
                 for grp in re.findall(r"(?:to_apply|calls|branch_computations)="
                                       r"\{?([%\w.\-, ]+)\}?", line):
