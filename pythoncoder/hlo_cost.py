@@ -205,7 +205,7 @@ def _kernel_cost(line: str, rtype: str) -> tuple[float, float, float] | None:
     m = _KERNEL_NAME.search(line)
     if not m:
         return None
-    return _KERNEL_COSTS.get((m.group(1), re.sub(r"\{[\d,]*\}", "", rtype)))
+    return _KERNEL_COSTS.get((m.group(1), re.sub(r"\{[^{}]*\}", "", rtype)))
 
 
 def analyse(text: str) -> dict[str, Any]:
