@@ -39,7 +39,7 @@ def hand_flops(cfg: ModelConfig, B: int, T: int, limits) -> float:
     forward, 4 backward; remat full recomputes the blocks' forward once more (2 more), less
     the two matmuls whose outputs only feed a residual add (o_proj, the MLP's down
     projection: the backward needs their inputs, not their outputs), and the loss's backward
-    recomputes the two head matmuls' logits (2 more each).
+    recomputes the two head matmuls' logits (2 more each) unless there is only one chunk.
     Attention, per (batch row, head) and per score element the kernel visits (causal
     tiles, diagonal tiles whole): forward two passes of both maps' scores (2 x 2 x 2D) plus
     A V (2E); the dQ kernel two passes of scores and dO V^T (2 x (4D + 2E)) plus dS K for
@@ -50,8 +50,10 @@ def hand_flops(cfg: ModelConfig, B: int, T: int, limits) -> float:
     block = d * (cfg.q_width + 2 * cfg.kv_width) + H * E * d + 3 * d * cfg.intermediate_size
     tokens = B * T
     recomputed = block - H * E * d - d * cfg.intermediate_size
+    # one loss chunk: the forward's logits and the backward's are one expression, computed once
+    logits_again = 2 * 2 * V * d if tokens > cfg.loss_chunk_size else 0
     matmul = tokens * (6 * (L * block + 2 * d * d + 2 * V * d) + 2 * L * recomputed
-                       + 2 * 2 * V * d)
+                       + logits_again)
     c = {k: v for k, v in gpu_configs(D, E, 2, limits).items()}
 
     def elems(k):
