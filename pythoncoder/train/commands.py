@@ -265,9 +265,32 @@ def configure_memory(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_memory)
 
 
+def _memory_report(args: argparse.Namespace, model_cfg: ModelConfig, train_cfg,
+                   topology: str | None, target_config: str | None) -> dict | None:
+    """The compiled step's memory report; with ``--remat auto`` the policy is the one
+    ``choose_remat`` (train's chooser) takes for this target, ``None`` when the compiler
+    refused every policy as out of memory."""
+    from pythoncoder.train.memory import memory_report, step_target, train_step_memory
+    from pythoncoder.train.remat import choose_remat
+
+    if args.remat != "auto":
+        return train_step_memory(model_cfg, train_cfg, topology=topology,
+                                 target_config=target_config)
+    target = step_target(model_cfg, train_cfg, topology=topology, target_config=target_config)
+    choice = choose_remat(model_cfg, train_cfg, target.tx, target.state, target.shardings,
+                          target.mesh, limit_bytes=target.limit_bytes(),
+                          log=lambda line: print(line, file=sys.stderr))
+    if choice["compiled"] is None:
+        return None
+    report = memory_report(choice["compiled"], model_cfg.replace(remat_policy=choice["policy"]),
+                           train_cfg, target)
+    report["remat_auto"] = {"budget_bytes": choice["budget_bytes"], "chosen": choice["policy"],
+                            "compiled_bytes": choice["compiled_bytes"]}
+    return report
+
+
 def run_memory(args: argparse.Namespace) -> int:
     from pythoncoder.train.config import TrainConfig
-    from pythoncoder.train.memory import train_step_memory
     from pythoncoder.train.remat import is_out_of_memory
 
     model_cfg = ModelConfig.preset(args.preset, remat_policy=args.remat,
@@ -285,49 +308,22 @@ def run_memory(args: argparse.Namespace) -> int:
             parse_target_config(target_config)
         except (OSError, ValueError) as e:
             raise UsageError(f"--target-config {args.target_config}: {e}") from None
-    if args.remat == "auto":
-        import jax
-
-        from pythoncoder.train.remat import HEADROOM, REMAT_ORDER, device_memory_bytes
-
-        candidates = [model_cfg.replace(remat_policy=p) for p in REMAT_ORDER]
-    else:
-        candidates = [model_cfg]
-    tried: dict[str, int | None] = {}
-    report = None
-    for cfg in candidates:
-        try:
-            report = train_step_memory(cfg, train_cfg, topology=topology,
-                                       target_config=target_config)
-        except RuntimeError as e:
-            if is_out_of_memory(e):  # the TPU compiler refuses what exceeds HBM
-                print(f"remat {cfg.remat_policy}: does not fit: {str(e).splitlines()[0]}",
-                      file=sys.stderr)
-                if args.remat != "auto" or cfg is candidates[-1]:
-                    return 1
-                tried[cfg.remat_policy] = None
-                continue
-            if target_config is not None or topology not in (None, "v6e-1"):
-                print(f"pythoncoder memory: {e}", file=sys.stderr)
-                return EXIT_FAILED
-            print(f"pythoncoder memory: {e}; falling back to the local compiler",
+    try:
+        report = _memory_report(args, model_cfg, train_cfg, topology, target_config)
+    except RuntimeError as e:
+        if is_out_of_memory(e):  # the TPU compiler refuses what exceeds HBM
+            print(f"remat {model_cfg.remat_policy}: does not fit: {str(e).splitlines()[0]}",
                   file=sys.stderr)
-            topology = None
-            report = train_step_memory(cfg, train_cfg)
-        tried[cfg.remat_policy] = report["total_bytes"]
-        if args.remat != "auto":
-            break
-        device_bytes = (report["limit_bytes"] if topology or target_config else
-                        device_memory_bytes(jax.devices()[0]) or 32 * 2**30)
-        budget = int(HEADROOM * device_bytes)
-        fits = report["total_bytes"] <= budget
-        print(f"remat {cfg.remat_policy}: {report['total_gib']:.2f} GiB "
-              f"({'fits' if fits else 'over'} the {budget / 2**30:.2f} GiB budget)",
-              file=sys.stderr)
-        report["remat_auto"] = {"budget_bytes": budget, "chosen": cfg.remat_policy,
-                                "compiled_bytes": dict(tried)}
-        if fits:
-            break
+            return 1
+        if topology is None and target_config is None:
+            raise
+        if topology != "v6e-1":  # no libtpu: v6e-1 falls back; a GPU target does not
+            print(f"pythoncoder memory: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"pythoncoder memory: {e}; falling back to the local compiler", file=sys.stderr)
+        report = _memory_report(args, model_cfg, train_cfg, None, None)
+    if report is None:  # remat auto: the compiler refused every policy as out of memory
+        return 1
     report["train_config"] = dataclasses.asdict(train_cfg)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -8,6 +8,7 @@ default backend (the CPU compiler on a CPU host); the report names the compiler.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -61,36 +62,81 @@ def compile_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any,
         return step.lower(state, batch, key).compile()
 
 
+@dataclasses.dataclass(frozen=True)
+class StepTarget:
+    """What the train step is compiled for: the optimizer, the abstract state and its
+    shardings on a one-device mesh of the local backend or of a target without the
+    target (``topology`` / ``target_config``)."""
+
+    tx: Any
+    state: Any
+    shardings: Any
+    mesh: Any
+    topology: str | None = None
+    target_config: str | None = None
+
+    @property
+    def aot(self) -> bool:
+        return self.topology is not None or self.target_config is not None
+
+    def limit_bytes(self) -> int | None:
+        """The target's memory by its datasheet (a deviceless device reports none)."""
+        if not self.aot:
+            return None
+        from pythoncoder import targets
+
+        return int(targets.datasheet(self.topology,
+                                     target_config=self.target_config)["hbm_bytes"])
+
+
+def step_target(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+                topology: str | None = None, target_config: str | None = None) -> StepTarget:
+    """The inputs ``compile_train_step`` compiles for: ``topology`` (``TARGETS``: ``v6e-1``,
+    ``h100``, ``a100``, ``l4``) or ``target_config`` (a GPU's gpu_target_config text proto)
+    through the target's own compiler, else the local backend's first device."""
+    from pythoncoder import targets
+    from pythoncoder.train.sharding import make_mesh, state_shardings
+
+    tx, _ = make_optimizer(train_cfg, total_steps=10 * train_cfg.warmup_steps + 10)
+    state = abstract_train_state(abstract_model(model_cfg), tx)
+    aot = topology is not None or target_config is not None
+    devices = (targets.topology_devices(topology, target_config=target_config) if aot
+               else jax.devices()[:1])
+    mesh = make_mesh(1, len(devices), devices)
+    return StepTarget(tx, state, state_shardings(state, mesh), mesh, topology, target_config)
+
+
 def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                       topology: str | None = None, target_config: str | None = None,
                       costs: bool = True, top: int = 12) -> dict[str, Any]:
     """Compile the train step abstractly and return its memory analysis in bytes.
 
-    With ``topology`` (``pythoncoder.targets.TARGETS``: ``v6e-1``, ``h100``, ``a100``,
-    ``l4``) or ``target_config`` (a GPU's gpu_target_config text proto) the target's own
-    compiler (libtpu; XLA's GPU compiler with Triton and ptxas) compiles for it from a host
-    without it.  With ``costs`` the report adds the step's FLOPs and HBM bytes (loop bodies
+    With ``topology`` or ``target_config`` (``step_target``) the target's own compiler
+    (libtpu; XLA's GPU compiler with Triton and ptxas) compiles for it from a host without
+    it; ``memory_report`` says what the report holds."""
+    target = step_target(model_cfg, train_cfg, topology=topology, target_config=target_config)
+    compiled = compile_train_step(model_cfg, train_cfg, target.tx, target.state,
+                                  target.shardings, target.mesh)
+    return memory_report(compiled, model_cfg, train_cfg, target, costs=costs, top=top)
+
+
+def memory_report(compiled: Any, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                  target: StepTarget, *, costs: bool = True, top: int = 12) -> dict[str, Any]:
+    """The memory analysis of the train step ``compiled`` for ``target``, in bytes.  With
+    ``costs`` (for a target) the report adds the step's FLOPs and HBM bytes (loop bodies
     per trip, Pallas kernels by their declared cost: ``pythoncoder.hlo_cost``), the
     roofline bound they give against the target's peaks, and the ``top`` instructions by
     HBM bytes (``hbm_top``)."""
     from pythoncoder import targets
-    from pythoncoder.train.sharding import make_mesh, state_shardings
 
-    model = abstract_model(model_cfg)
-    tx, _ = make_optimizer(train_cfg, total_steps=10 * train_cfg.warmup_steps + 10)
-    state = abstract_train_state(model, tx)
-    aot = topology is not None or target_config is not None
-    devices = (targets.topology_devices(topology, target_config=target_config) if aot
-               else jax.devices()[:1])
-    mesh = make_mesh(1, len(devices), devices)
-    compiled = compile_train_step(model_cfg, train_cfg, tx, state,
-                                  state_shardings(state, mesh), mesh)
+    devices = list(target.mesh.devices.flat)
+    topology, target_config, aot = target.topology, target.target_config, target.aot
     mem = compiled.memory_analysis()
     arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
     temp, alias = int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes)
     code = int(getattr(mem, "generated_code_size_in_bytes", 0))
     total = arg + out - alias + temp
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(target.state))
     text = compiled.as_text()
     name = topology or (devices[0].device_kind if target_config else None)
     report = {

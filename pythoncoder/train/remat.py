@@ -85,17 +85,22 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
                  shardings: Any, mesh: Any, *, budget_bytes: int | None = None,
-                 headroom: float = HEADROOM, log=print) -> dict[str, Any]:
+                 limit_bytes: int | None = None, headroom: float = HEADROOM,
+                 log=print) -> dict[str, Any]:
     """Resolve ``remat_policy="auto"``: ``{"policy", "budget_bytes", "compiled_bytes",
     "compiled"}``: ``compiled_bytes`` per policy tried (``None`` for one the compiler itself
     refused as out of memory), ``compiled`` the chosen policy's compiled step (``compile_step``)
     for the loop to run instead of compiling it again, or ``None``.
 
-    ``budget_bytes`` defaults to ``headroom`` x ``device_memory_bytes`` of the mesh's
-    first device; with no figure at all (an unknown backend) the answer is ``full``."""
+    The one chooser: ``train`` calls it on its live mesh, ``pythoncoder memory`` on a
+    one-device mesh of the local backend or of a target compiled for without it, whose
+    datasheet memory it passes as ``limit_bytes`` (a deviceless device reports none).
+    ``budget_bytes`` defaults to ``headroom`` x ``limit_bytes``, else x
+    ``device_memory_bytes`` of the mesh's first device; with no figure at all (an unknown
+    backend) the answer is ``full``."""
     if budget_bytes is None:
         here = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-        limit = device_memory_bytes(mesh.devices.flat[0], sharing=len(here))
+        limit = limit_bytes or device_memory_bytes(mesh.devices.flat[0], sharing=len(here))
         budget_bytes = int(limit * headroom) if limit else None
         if jax.process_count() > 1:  # every process must compile the same program
             from jax.experimental import multihost_utils

@@ -193,7 +193,6 @@ def test_memory_cli_auto_reports_each_policy_it_compiled(capsys, monkeypatch):
     """``pythoncoder memory --remat auto``: stops at the first policy within the budget;
     a policy the (TPU) compiler refuses as out of memory is reported and skipped."""
     from pythoncoder.cli import main as cli_main
-    from pythoncoder.train import memory
 
     args = ["memory", "--preset", "tiny", "--seq-len", "64", "--micro-batch", "1",
             "--accum-steps", "1", "--remat", "auto", "--json"]
@@ -202,22 +201,80 @@ def test_memory_cli_auto_reports_each_policy_it_compiled(capsys, monkeypatch):
     report = json.loads(out.out)
     assert report["remat_policy"] == "none" and report["remat_auto"]["chosen"] == "none"
     assert list(report["remat_auto"]["compiled_bytes"]) == ["none"]
-    assert "remat none:" in out.err and "fits" in out.err
+    assert "remat auto: none needs" in out.err and "fits" in out.err
 
-    real = memory.train_step_memory
+    real = remat_mod.compile_step
 
-    def hbm(model_cfg, train_cfg, **kw):
+    def hbm(model_cfg, *a, **kw):
         if model_cfg.remat_policy != "full":
             raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM")
-        return real(model_cfg, train_cfg, **kw)
+        return real(model_cfg, *a, **kw)
 
-    monkeypatch.setattr(memory, "train_step_memory", hbm)
+    monkeypatch.setattr(remat_mod, "compile_step", hbm)
     assert cli_main(args) == 0
     out = capsys.readouterr()
     report = json.loads(out.out)
     assert report["remat_auto"]["compiled_bytes"] == {
         "none": None, "dots": None, "full": report["total_bytes"]}
     assert out.err.count("does not fit: RESOURCE_EXHAUSTED") == 2
+
+    # every policy refused: no report, exit 1
+    monkeypatch.setattr(remat_mod, "compile_step", lambda *a, **kw: hbm(
+        ModelConfig.preset("tiny", remat_policy="none")))
+    assert cli_main(args) == 1
+    assert capsys.readouterr().err.count("does not fit: RESOURCE_EXHAUSTED") == 3
+
+
+class _FakeCompiled:
+    """A compiled step whose memory analysis reports a chosen total (all temporaries)."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def memory_analysis(self):
+        class Mem:
+            argument_size_in_bytes = output_size_in_bytes = alias_size_in_bytes = 0
+            temp_size_in_bytes = self.total
+        return Mem()
+
+    def as_text(self) -> str:
+        return ""
+
+
+SIZES = {"none": 9 * 2**30, "dots": 6 * 2**30, "full": 4 * 2**30}
+
+
+@pytest.mark.parametrize("device_gib", [20, 9, 7, 5, 4, 3])
+def test_memory_and_train_choose_the_same_policy_for_the_same_device(
+        setup, capsys, monkeypatch, device_gib):
+    """``pythoncoder memory --remat auto`` and train's auto (``choose_remat`` on the run's
+    mesh) make the same choice, having compiled the same policies, for the same device
+    memory: a fake compile reports the chosen sizes to both (each module's compile entry
+    point patched, so a chooser of its own in either would be fed the same sizes)."""
+    from pythoncoder.cli import main as cli_main
+    from pythoncoder.train import memory
+
+    cfg, tcfg, tx, abstract, shardings, mesh, _ = setup
+
+    def fake(model_cfg, *a, **kw):
+        return _FakeCompiled(SIZES[model_cfg.remat_policy])
+
+    monkeypatch.setattr(remat_mod, "compile_step", fake)
+    monkeypatch.setattr(memory, "compile_train_step", fake)
+    monkeypatch.setattr(remat_mod, "device_memory_bytes",
+                        lambda d, sharing=1: device_gib * 2**30)
+    train = remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh,
+                                   log=lambda *_: None)
+    assert cli_main(["memory", "--preset", "tiny", "--seq-len", "64", "--micro-batch", "1",
+                     "--accum-steps", "1", "--remat", "auto", "--json"]) == 0
+    mem = json.loads(capsys.readouterr().out)
+    assert mem["remat_auto"]["chosen"] == mem["remat_policy"] == train["policy"]
+    assert mem["remat_auto"]["budget_bytes"] == train["budget_bytes"]
+    assert mem["remat_auto"]["compiled_bytes"] == train["compiled_bytes"]
+    # and that choice is the first policy within 90% of the device (else full)
+    fitting = [p for p in remat_mod.REMAT_ORDER
+               if SIZES[p] <= int(remat_mod.HEADROOM * device_gib * 2**30)]
+    assert train["policy"] == (fitting[0] if fitting else "full")
 
 
 _TWO_PROCESS_SCRIPT = r'''
