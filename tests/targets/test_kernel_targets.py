@@ -114,7 +114,8 @@ def test_shared_memory_estimate_matches_the_compiler(cc):
     above it (so it does not waste a card's memory), for the tilings the named GPUs of that
     architecture get (Hopper's wgmma and the older mma stage different tiles)."""
     probe = target_device(target_config=targets.gpu_target_config(
-        "h100", shared_memory_per_block_optin=1024, cc=cc, device_kind=f"Probe GPU sm_{cc}"))
+        "h100", shared_memory_per_block_optin=1024, cc=cc,
+        device_kind=f"NVIDIA Probe sm_{cc[0]}{cc[1]}"))
     names = [n for n in targets.GPU_TARGETS if (targets.TARGETS[n].gpu["cc"] >= (9, 0))
              == (cc >= (9, 0))]
     chosen = {(k, c) for n in names for k, c in da.gpu_configs(D, E, 2, _limits(n)).items()}
@@ -153,7 +154,7 @@ def test_sizing_follows_an_unnamed_gpu_description(smem, cc):
     its compiler takes them."""
     text = targets.gpu_target_config("h100", shared_memory_per_block_optin=smem,
                                      shared_memory_per_core=smem + 1024, cc=cc,
-                                     device_kind=f"Test GPU {smem // 1024} KiB")
+                                     device_kind=f"NVIDIA Test {smem // 1024} KiB")
     device = target_device(target_config=text)
     limits = targets.gpu_limits(device)
     assert (limits.smem_per_block, limits.compute_capability) == (smem, cc)
@@ -169,7 +170,7 @@ def test_where_no_tiling_fits_auto_takes_the_reference_and_pallas_fails():
     attention with a one-line warning; ``pallas`` named explicitly raises before anything
     runs."""
     device = target_device(target_config=targets.gpu_target_config(
-        "l4", cc=(7, 5), shared_memory_per_block_optin=65536, device_kind="Test GPU sm_75"))
+        "l4", cc=(7, 5), shared_memory_per_block_optin=65536, device_kind="NVIDIA Test sm_75"))
     cfg = ModelConfig.preset("tiny", compute_dtype="bfloat16")
     q, k, v, lam, seg = _train_args(B=1, seq=64)
     q = jax.ShapeDtypeStruct((1, 64, cfg.num_q_subheads, cfg.head_dim), BF)

@@ -108,10 +108,10 @@ def test_memory_for_a_gpu_description_file(capsys, tmp_path):
     target_device("l4")  # skips without the compiler wheels
     path = tmp_path / "gpu.pbtxt"
     path.write_text(targets.gpu_target_config("l4", shared_memory_per_block_optin=65536,
-                                              device_kind="Test GPU 64 KiB"))
+                                              device_kind="NVIDIA Test 64 KiB"))
     r = _memory(capsys, "--preset", "tiny", "--micro-batch", "1", "--seq-len", "256",
                 "--accum-steps", "1", "--target-config", str(path))
-    assert r["target"] == "Test GPU 64 KiB" and r["attention_impl"] == "pallas"
+    assert r["target"] == "NVIDIA Test 64 KiB" and r["attention_impl"] == "pallas"
     assert "description" in r["peaks_source"] and r["roofline_step_s"] > 0
 
 
