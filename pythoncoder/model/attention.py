@@ -10,36 +10,47 @@ group ``g = i // 3`` it takes key sub-heads ``2g`` (K1) and ``2g+1`` (K2) and th
 ``lambda`` is a function of four parameter vectors and the layer index only (DIFF-02):
 it never sees activations, so it cannot leak across positions or batch rows.
 
-The reference (``blocked_differential_map``) is blocked over queries: each block sees all
-keys (the floor at 0 needs both normalised maps), and each block is rematerialised so the
-backward pass never holds more than one block's score maps.  It is the definition of
-correctness.  ``differential_attention`` is the one dispatch point between it and the fused
-Pallas kernel (``pythoncoder.model.kernels.diff_attention``), chosen by
-``ModelConfig.attention_impl``; the kernel covers self-attention (training, cache-less
-prefill).  The KV-cache paths (decode, speculative verification) use the live-prefix XLA
-path (``model/live_attention.py``), or the Pallas decode kernel
-(``kernels/diff_decode.py``) when ``attention_impl`` is set to ``"pallas"``.
+The reference (``blocked_differential_map``, in ``model/reference_attention.py``) is the
+definition of correctness.  ``ATTENTION_REGISTRY`` names each implementation (the reference,
+the Pallas kernels: ``kernels/diff_attention.py`` for self-attention, ``kernels/
+diff_decode.py`` for decode and verification) by the calls it serves, and
+``differential_attention`` is the one dispatch point, chosen by
+``ModelConfig.attention_impl``, the platform and the call's shape: self-attention (training,
+cache-less prefill), or a cached call (decode, speculative verification, prefill), which
+takes the named implementation's decode kernel where it has one and else the live-prefix
+XLA path (``model/live_attention.py``).  A new kernel is one registry entry (and its name
+in ``config.ATTENTION_IMPLS``, which a unit test holds equal).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import functools
 import warnings
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from pythoncoder.model.config import ModelConfig, lambda_init, target_platform
+from pythoncoder.model.kernels import diff_decode
+from pythoncoder.model.kernels.diff_attention import KernelDoesNotFit, diff_attention, kernel_fits
 from pythoncoder.model.layers import RMSNorm, dense
+from pythoncoder.model.live_attention import live_differential_map
+from pythoncoder.model.reference_attention import (  # noqa: F401 -- re-exported
+    MASK_VALUE,
+    attention_mask,
+    blocked_differential_map,
+    differential_map,
+)
 from pythoncoder.model.rope import apply_rope
 
 LAMBDA_DOT_CLIP = 10.0
 # Cached calls with at most this many queries may take the Pallas decode kernel (its query
 # tile holds a KV group's heads x the queries); longer ones (prefill) take the XLA path.
 DECODE_KERNEL_MAX_QUERIES = 8
-MASK_VALUE = -1e30
 
 
 class KVCache(NamedTuple):
@@ -66,64 +77,6 @@ def lambda_full(lq1: jax.Array, lk1: jax.Array, lq2: jax.Array, lk2: jax.Array,
     return jnp.clip(jnp.exp(d1) - jnp.exp(d2) + lam_init, 0.0, 1.0)
 
 
-def attention_mask(q_slots_BT: jax.Array, k_slots_S: jax.Array, q_seg_BT: jax.Array | None,
-                   k_seg_BS: jax.Array | None) -> jax.Array:
-    """(B, T, S) boolean: causal on slot index, and same segment when segments are given."""
-    mask = k_slots_S[None, None, :] <= q_slots_BT[:, :, None]
-    if q_seg_BT is not None and k_seg_BS is not None:
-        mask = mask & (q_seg_BT[:, :, None] == k_seg_BS[:, None, :])
-    return mask
-
-
-def differential_map(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSGE: jax.Array, lam: jax.Array,
-                     mask_BTS: jax.Array, gqa_ratio: int) -> jax.Array:
-    """The differential attention map for one block of queries.
-
-    Returns (B, T, heads, 2*head_dim) in the value dtype.  Scores and softmax are fp32.
-    """
-    B, T, H2, D = q_BTHD.shape
-    G = v_BSGE.shape[2]
-    R = gqa_ratio
-    q = q_BTHD.reshape(B, T, G, R, 2, D)  # sub-head 2i+j with i = g*R + r
-    q1, q2 = q[..., 0, :], q[..., 1, :]
-    k = k_BSKD.reshape(B, k_BSKD.shape[1], G, 2, D)
-    k1, k2 = k[..., 0, :], k[..., 1, :]
-    scale = 1.0 / math.sqrt(D)
-    mask = mask_BTS[:, None, None, :, :]
-
-    def probs(qx, kx):
-        s = jnp.einsum("btgrd,bsgd->bgrts", qx, kx, preferred_element_type=jnp.float32)
-        s = jnp.where(mask, s * scale, MASK_VALUE)
-        return jax.nn.softmax(s, axis=-1)
-
-    a = jnp.maximum(probs(q1, k1) - lam * probs(q2, k2), 0.0)
-    out = jnp.einsum("bgrts,bsge->btgre", a.astype(v_BSGE.dtype), v_BSGE,
-                     preferred_element_type=jnp.float32)
-    return out.reshape(B, T, G * R, v_BSGE.shape[-1]).astype(v_BSGE.dtype)
-
-
-def blocked_differential_map(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, gqa_ratio: int,
-                             block: int) -> jax.Array:
-    """``differential_map`` over query blocks of ``block`` rows, each rematerialised."""
-    B, T = q.shape[:2]
-    if T <= block or T % block:
-        return differential_map(q, k, v, lam, attention_mask(q_slots, k_slots, q_seg, k_seg),
-                                gqa_ratio)
-    n = T // block
-
-    def split(x):
-        return None if x is None else jnp.moveaxis(x.reshape(B, n, block, *x.shape[2:]), 1, 0)
-
-    @jax.checkpoint
-    def one(args):
-        qb, slots_b, seg_b = args
-        return differential_map(qb, k, v, lam, attention_mask(slots_b, k_slots, seg_b, k_seg),
-                                gqa_ratio)
-
-    out = jax.lax.map(one, (split(q), split(q_slots), split(q_seg)))
-    return jnp.moveaxis(out, 0, 1).reshape(B, T, *out.shape[3:])
-
-
 def _reference_self_attention(q, k, v, lam, segment_ids_BT, *, gqa_ratio: int,
                               block: int) -> jax.Array:
     B, T = q.shape[:2]
@@ -135,70 +88,98 @@ def _reference_self_attention(q, k, v, lam, segment_ids_BT, *, gqa_ratio: int,
 
 def _pallas_self_attention(q, k, v, lam, segment_ids_BT, *, gqa_ratio: int,
                            block: int) -> jax.Array:
-    from pythoncoder.model.kernels.diff_attention import diff_attention
-
     del block  # the kernel tiles with its own block sizes
     return diff_attention(q, k, v, lam, segment_ids_BT, gqa_ratio=gqa_ratio)
 
 
-# Registered self-attention implementations, all with one signature
-# (q, k, v, lam, segment_ids_BT, *, gqa_ratio, block) -> (B, T, heads, 2*head_dim).
-# The DIFF conformance tests run over every entry.
-ATTENTION_KERNELS = {
-    "reference": _reference_self_attention,
-    "pallas": _pallas_self_attention,
+def _pallas_fits(cfg: ModelConfig, dtype) -> str | None:
+    return kernel_fits(cfg.head_dim, cfg.value_head_dim, jnp.dtype(dtype).itemsize)
+
+
+def _pallas_decode(q, k, v, lam, q_slots, k_seg, q_seg, live, *, gqa_ratio: int) -> jax.Array:
+    return diff_decode.decode_diff_attention(q, k, v, lam, q_slots, k_seg, q_seg, live,
+                                             gqa_ratio=gqa_ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionImpl:
+    """One attention implementation, by the shapes of call it serves.
+
+    ``self_attention(q, k, v, lam, segment_ids_BT, *, gqa_ratio, block)`` -> (B, T, heads,
+    2*head_dim): no KV cache (training, cache-less prefill).  ``fits(cfg, dtype)``: why it
+    cannot be sized for the target (``None`` when it can).  ``decode(q, k, v, lam, q_slots,
+    k_seg, q_seg, live, *, gqa_ratio)``: the map over a cache's live bucket for a call of at
+    most ``decode_max_queries`` queries (decode, speculative verification), taken only when
+    the implementation is named explicitly and the platform is not in ``no_decode_on``;
+    without it, cached calls take the live-prefix XLA path."""
+
+    self_attention: Callable[..., jax.Array]
+    fits: Callable[[ModelConfig, Any], str | None] | None = None
+    decode: Callable[..., jax.Array] | None = None
+    decode_max_queries: int = 0
+    no_decode_on: tuple[str, ...] = ()
+
+
+# The registry: a new kernel is one entry.  The DIFF conformance tests run over every entry.
+ATTENTION_REGISTRY: dict[str, AttentionImpl] = {
+    "reference": AttentionImpl(_reference_self_attention),
+    "pallas": AttentionImpl(_pallas_self_attention, fits=_pallas_fits, decode=_pallas_decode,
+                            decode_max_queries=DECODE_KERNEL_MAX_QUERIES,
+                            no_decode_on=("tpu",)),
 }
+# Each entry's self-attention function, one signature
+# (q, k, v, lam, segment_ids_BT, *, gqa_ratio, block) -> (B, T, heads, 2*head_dim);
+# the dispatch calls through this table.
+ATTENTION_KERNELS = {name: impl.self_attention for name, impl in ATTENTION_REGISTRY.items()}
 
 
-def _kernel_or_reference(cfg: ModelConfig, dtype) -> str:
-    """``pallas`` where the training kernel can be sized for the target GPU; otherwise
-    ``auto`` takes the reference with a one-line warning and an explicit ``pallas`` raises
-    ``KernelDoesNotFit`` (at trace time, so before any step runs)."""
-    from pythoncoder.model.kernels.diff_attention import KernelDoesNotFit, kernel_fits
-
-    reason = kernel_fits(cfg.head_dim, cfg.value_head_dim, jnp.dtype(dtype).itemsize)
+def _fitting(cfg: ModelConfig, name: str, dtype) -> str:
+    """``name`` where its self-attention can be sized for the target; otherwise ``auto``
+    takes the reference with a one-line warning and an implementation named explicitly
+    raises ``KernelDoesNotFit`` (at trace time, so before any step runs)."""
+    fits = ATTENTION_REGISTRY[name].fits
+    reason = None if fits is None else fits(cfg, dtype)
     if reason is None:
-        return "pallas"
-    if cfg.attention_impl == "pallas":
-        raise KernelDoesNotFit(f"attention_impl='pallas' cannot run here: {reason}")
+        return name
+    if cfg.attention_impl == name:
+        raise KernelDoesNotFit(f"attention_impl={name!r} cannot run here: {reason}")
     warnings.warn(f"attention_impl='auto': {reason}; using the reference attention",
                   stacklevel=3)
     return "reference"
 
 
+def _decode_kernel(cfg: ModelConfig, queries: int):
+    """The named implementation's decode kernel for a cached call of ``queries`` queries on
+    this platform, else ``None`` (the live-prefix XLA path)."""
+    impl = ATTENTION_REGISTRY.get(cfg.attention_impl)
+    if (impl is None or impl.decode is None or queries > impl.decode_max_queries
+            or target_platform() in impl.no_decode_on):
+        return None
+    return functools.partial(impl.decode, gqa_ratio=cfg.gqa_ratio)
+
+
 def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg: ModelConfig,
                            self_attention: bool, live_len: jax.Array | int | None = None,
                            layer: jax.Array | int | None = None) -> jax.Array:
-    """The one dispatch point: the fused kernel or the reference, per ``cfg.attention_impl``.
+    """The one dispatch point, by ``cfg.attention_impl``, the platform and the call's shape.
 
-    ``self_attention`` (no KV cache: query ``t`` at slot ``t``, keys = queries) is the path
-    the training kernel covers.  With a cache (``live_len`` = slots filled so far) and at
-    most ``DECODE_KERNEL_MAX_QUERIES`` queries (decode, speculative verification),
-    ``attention_impl="pallas"`` set explicitly takes the decode kernel (not on TPU); every
+    ``self_attention`` (no KV cache: query ``t`` at slot ``t``, keys = queries) takes the
+    resolved implementation's ``self_attention`` (``auto``: the fused kernel on GPU/TPU)
+    where it fits the target.  With a cache (``live_len`` = slots filled so far) and at
+    most ``decode_max_queries`` queries (decode, speculative verification), an
+    implementation named explicitly takes its decode kernel (Pallas: not on TPU); every
     other cached call (``auto``, the reference, prefill) takes the live-prefix XLA path,
     which reads only the cache blocks below ``live_len``.  With ``layer``, ``k``/``v``/
     ``k_seg`` are every layer's stacked cache and layer ``layer``'s live bucket is read."""
-    impl = cfg.resolved_attention_impl()
-    if self_attention and impl == "pallas":
-        impl = _kernel_or_reference(cfg, q.dtype)
-    if self_attention and impl != "reference":
-        return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
-                                       block=cfg.attn_block_size)
-    if live_len is not None:
-        from pythoncoder.model.live_attention import live_differential_map
-
-        kernel = None
-        if (cfg.attention_impl == "pallas" and q.shape[1] <= DECODE_KERNEL_MAX_QUERIES
-                and target_platform() != "tpu"):
-            from pythoncoder.model.kernels.diff_decode import decode_diff_attention
-
-            def kernel(q, k, v, lam, q_slots, k_seg, q_seg, live):
-                return decode_diff_attention(q, k, v, lam, q_slots, k_seg, q_seg, live,
-                                             gqa_ratio=cfg.gqa_ratio)
-
+    if self_attention:
+        impl = _fitting(cfg, cfg.resolved_attention_impl(), q.dtype)
+        if impl != "reference":
+            return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
+                                           block=cfg.attn_block_size)
+    elif live_len is not None:
         return live_differential_map(q, k, v, lam, q_slots, k_seg, q_seg, live_len,
                                      gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size,
-                                     layer=layer, kernel=kernel)
+                                     layer=layer, kernel=_decode_kernel(cfg, q.shape[1]))
     return blocked_differential_map(q, k, v, lam, q_slots, k_slots, q_seg, k_seg,
                                     gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size)
 

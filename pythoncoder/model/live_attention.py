@@ -6,7 +6,7 @@ those slots contribute exact zeros to both softmaxes and to ``A V``.  Reading th
 bandwidth only.  ``live_differential_map`` therefore slices the cache to the smallest of
 a few static lengths (buckets ``MIN_BUCKET * 2^j`` = 128 * 2^j, capped at ``S``) that
 covers ``live`` and
-runs the ordinary :func:`~pythoncoder.model.attention.blocked_differential_map` (or the
+runs the ordinary :func:`~pythoncoder.model.reference_attention.blocked_differential_map` (or the
 Pallas decode kernel) on that prefix, chosen with ``lax.switch`` (one compiled branch per
 bucket, picked on the device).  The model passes the cache of every layer, stacked, with
 the layer index, and the bucket is sliced out of that layer inside the branch.
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from pythoncoder.model.reference_attention import blocked_differential_map
 
 MIN_BUCKET = 128
 
@@ -48,8 +50,6 @@ def live_differential_map(q, k_cache, v_cache, lam, q_slots, k_seg, q_seg, live,
     ``kernel(q, k, v, lam, q_slots, k_seg, q_seg, live)`` computes the map over the bucket
     instead of ``blocked_differential_map`` (the Pallas decode kernel).
     """
-    from pythoncoder.model.attention import blocked_differential_map
-
     if layer is None:  # one layer's cache: a stack of one (a free reshape)
         k_cache, v_cache, k_seg = k_cache[None], v_cache[None], k_seg[None]
         layer = 0
