@@ -84,12 +84,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         main_norm = jnp.float32(accum * micro_b * t)
         mtp_norm = jnp.float32(accum * micro_b * (t - 1))
 
-        # The loop reads compute-dtype copies, not the fp32 parameters beside them: the
-        # design defaults (1b, 8x2048, accumulation 8, remat full) compile for a v6e in
-        # 30.32 GB instead of 33.63 GB (TRAIN-07; issue 25 item 6).
-        dtype = nnx.merge(graphdef, state.params).cfg.dtype()
-        params = jax.tree_util.tree_map_with_path(
-            lambda path, p: p.astype(dtype) if loop_copy(path) else p, state.params)
+        # An accumulation loop reads compute-dtype copies, not the fp32 parameters beside
+        # them: the design defaults (1b, 8x2048, accumulation 8, remat full) compile for a
+        # v6e in 30.32 GB instead of 33.63 GB (TRAIN-07; issue 25 item 6).  A single
+        # micro-step has no loop to hold them across (and the L4's compile of it took 20%
+        # more FLOPs with the copies), so it differentiates the parameters themselves.
+        params = state.params
+        if accum > 1:
+            dtype = nnx.merge(graphdef, state.params).cfg.dtype()
+            params = jax.tree_util.tree_map_with_path(
+                lambda path, p: p.astype(dtype) if loop_copy(path) else p, state.params)
 
         def micro_step(carry, xs):
             grads_acc, loss_acc = carry
