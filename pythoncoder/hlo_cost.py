@@ -11,7 +11,9 @@ for the loops ``w`` that ``C`` runs (directly or through calls).  ``hca`` is XLA
 analysis, run through the CPU client on the text of the program compiled for any target
 (a deviceless GPU executable's ``cost_analysis()`` is None).  Pallas kernels are opaque custom
 calls to it (no FLOPs, operand and result bytes); they are counted by the ``CostEstimate``
-each kernel declared when it was traced (``record_kernel_cost``).
+each kernel declared when it was traced (``record_kernel_cost``).  So are cuBLAS matmul
+calls (a GPU program's matmuls where they are no Triton GEMM fusions): their FLOPs are
+read from the call's dot dimensions.
 
 ``hbm_top`` lists the instructions that move the most bytes per step (operands read plus
 results written, times how often the loops around them run): fusions, kernels and copies,
@@ -208,6 +210,34 @@ def _kernel_cost(line: str, rtype: str) -> tuple[float, float, float] | None:
     return _KERNEL_COSTS.get((m.group(1), re.sub(r"\{[^{}]*\}", "", rtype)))
 
 
+def _dims(type_text: str) -> list[int]:
+    m = _SHAPE.search(type_text)
+    return [int(d) for d in m.group(2).split(",") if d] if m else []
+
+
+def _library_gemm(line: str, rtype: str, lhs_type: str) -> tuple[float, int] | None:
+    """(FLOPs, bytes of the product) of a cuBLAS matmul call (``__cublas$gemm``,
+    ``__cublas$lt$matmul``: what a GPU program calls where it has no Triton GEMM fusion),
+    which the CPU client's analysis counts as nothing: 2 x the product's elements x the
+    contracted size, read from the call's ``dot_dimension_numbers``.  The product is the
+    result tuple's first element; the rest is cuBLAS's scratch workspace, not HBM traffic
+    of the step's data."""
+    if '"__cublas$' not in line:
+        return None
+    contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
+    if not contracting:
+        return None
+    lhs = _dims(lhs_type)
+    k = 1
+    for d in re.findall(r"\d+", contracting.group(1)):
+        k *= lhs[int(d)]
+    product = rtype.lstrip("(").split(", ")[0] if rtype.startswith("(") else rtype
+    n = 1
+    for d in _dims(product):
+        n *= d
+    return 2.0 * n * k, _nbytes(product)
+
+
 def analyse(text: str) -> dict[str, Any]:
     """Per-execution cost of the optimized HLO module ``text``: ``flops``,
     ``transcendentals``, ``bytes accessed`` (loop bodies times their trip counts, Pallas
@@ -246,12 +276,24 @@ def analyse(text: str) -> dict[str, Any]:
                 continue
             operands = re.findall(r"%([\w.\-]+)", line.split("=", 1)[1].split("),", 1)[0])
             nbytes = mod.traffic(line, rtype, [shapes.get(o, "") for o in operands])
-            kernel = _kernel_cost(line, rtype) if op == "custom-call" else None
-            if kernel is not None:  # the declared cost replaces XLA's view of the call
-                own["flops"] += kernel[0]
-                own["transcendentals"] += kernel[1]
-                own["bytes accessed"] += kernel[2] - nbytes
-                nbytes = kernel[2]
+            if op == "custom-call":
+                # XLA's analysis knows no custom call: it counts each as -1 FLOPs and -1
+                # bytes (HandleCustomCall's "unknown").  Cancel that, then count the call by
+                # the kernel's declared cost, a cuBLAS matmul by its dimensions, anything
+                # else by its operands read and results written (no FLOPs).
+                own["flops"] += 1
+                own["bytes accessed"] += 1
+                kernel = _kernel_cost(line, rtype)
+                gemm = None if kernel else _library_gemm(
+                    line, rtype, shapes.get(operands[0], "") if operands else "")
+                if kernel is not None:
+                    own["flops"] += kernel[0]
+                    own["transcendentals"] += kernel[1]
+                    nbytes = kernel[2]
+                elif gemm is not None:  # its scratch workspace is no step data
+                    own["flops"] += gemm[0]
+                    nbytes = nbytes - _nbytes(rtype) + gemm[1]
+                own["bytes accessed"] += nbytes
             src = re.search(r'op_name="([^"]*)"', line)
             kind = re.search(r"kind=(\w+)|custom_call_target=\"([^\"]+)\"", line)
             rows.append({"instruction": name, "op": op,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import warnings
 from typing import Any
 
 
@@ -238,6 +239,43 @@ def topology_devices(name: str | None = None, *, target_config: str | None = Non
                                                     info["smem_per_block"],
                                                     devices[0].device_kind)
     return devices
+
+
+# What XLA's GPU autotuner says when it cannot pick a Triton GEMM tiling without a device
+# (jax >= 0.11: the deviceless autotuner has no default config for Triton GEMM fusions).
+_DEVICELESS_GEMM_REFUSALS = ("No supported config found",
+                             "cannot enumerate configs in deviceless mode")
+
+
+def compile_for(lowered, device):
+    """``lowered.compile()`` for ``device``, a real or a deviceless one.
+
+    A deviceless GPU compile on jax >= 0.11 can fail where XLA would autotune a Triton GEMM
+    fusion on the device ("No supported config found ... deviceless mode").  There the
+    matmuls are compiled as cuBLAS calls instead (``xla_gpu_enable_triton_gemm=False``),
+    with a warning: memory and FLOPs stay those of the same program, the fusions around
+    the matmuls may differ from what the device would pick.  ``gemm_backend`` reads which
+    one a compiled program uses.  Any other error is raised as is."""
+    try:
+        return lowered.compile()
+    except Exception as e:  # noqa: BLE001 -- re-raised unless it is the refusal above
+        if getattr(device, "platform", "") not in ("gpu", "cuda") or not any(
+                s in str(e) for s in _DEVICELESS_GEMM_REFUSALS):
+            raise
+    import jax
+
+    warnings.warn("XLA cannot autotune Triton GEMM fusions without a device (jax "
+                  f"{jax.__version__}): compiled the matmuls as cuBLAS calls instead",
+                  RuntimeWarning, stacklevel=2)
+    return lowered.compile(compiler_options={"xla_gpu_enable_triton_gemm": False})
+
+
+def gemm_backend(hlo_text: str) -> str | None:
+    """Which GPU matmul code a compiled program calls: ``triton``, ``cublas``, both
+    (``triton+cublas``), or None (no GPU matmul: a TPU or CPU program)."""
+    marks = (("triton", r'"kind":"__triton_(?:nested_)?gemm'), ("cublas", r"__cublas\$"))
+    found = [name for name, mark in marks if re.search(mark, hlo_text)]
+    return "+".join(found) or None
 
 
 def _compute_capability(device) -> tuple[int, int] | None:

@@ -58,8 +58,10 @@ def compile_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any,
     # Trace for the target device: ModelConfig's "auto" attention and the Pallas kernels
     # (Mosaic reads the chip generation from it) see that device (e.g. a TPU topology's),
     # not this host.
+    from pythoncoder.targets import compile_for
+
     with jax.default_device(mesh.devices.flat[0]):
-        return step.lower(state, batch, key).compile()
+        return compile_for(step.lower(state, batch, key), mesh.devices.flat[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,9 @@ def memory_report(compiled: Any, model_cfg: ModelConfig, train_cfg: TrainConfig,
         "remat_policy": model_cfg.built_remat_policy,
         # what the compiled program runs (auto falls back where no tiling fits the target)
         "attention_impl": "pallas" if "diff_attention_fwd" in text else "reference",
+        # the GPU matmuls' code: Triton GEMM fusions, or cuBLAS where a deviceless compile
+        # could not autotune Triton's (targets.compile_for); None off GPUs
+        "gemm": targets.gemm_backend(text),
         "compute_dtype": jnp.dtype(model_cfg.dtype()).name,
         "argument_bytes": arg,
         "output_bytes": out,

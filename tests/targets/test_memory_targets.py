@@ -76,6 +76,8 @@ def test_memory_for_the_h100_reports_the_step_bound(capsys):
                 "--accum-steps", "1", "--remat", "full", "--topology", "h100")
     assert all(k in r for k in FIELDS)
     assert r["attention_impl"] == "pallas" and r["target"] == "h100"
+    # Triton GEMM fusions, or cuBLAS where the compiler cannot autotune them deviceless
+    assert r["gemm"] in ("triton", "cublas", "triton+cublas")
     assert r["limit_bytes"] == targets.TARGETS["h100"].hbm_bytes
     assert 0 < r["total_bytes"] < r["limit_bytes"] and r["fits_device"]
     sheet = targets.datasheet("h100")
@@ -136,6 +138,100 @@ def test_loop_bodies_count_once_per_trip():
     xla = compiled.cost_analysis()
     xla = xla[0] if isinstance(xla, list) else xla
     assert xla["flops"] < 2 * per_trip  # the body once
+
+
+def test_a_kernel_call_counts_its_declared_cost():
+    """A Pallas kernel compiled for a deviceless H100 is counted by its declared
+    ``CostEstimate``, on top of the program's other instructions.  XLA's own analysis counts
+    any custom call as -1 FLOPs and -1 bytes; a kernel's bytes once cancelled out with
+    them (the step's HBM total then left every attention kernel out)."""
+    from pythoncoder.model.kernels import diff_attention as da
+
+    device = target_device("h100")
+    S, BF = jax.ShapeDtypeStruct, jnp.bfloat16
+    B, T, HQ, HK, G, D, E = 1, 512, 6, 2, 1, 64, 128
+    args = (S((B, T, HQ, D), BF), S((B, T, HK, D), BF), S((B, T, G, E), BF),
+            S((), jnp.float32), S((B, T), jnp.int32))
+
+    def f(q, k, v, lam, seg):
+        return da.diff_attention(q, k, v, lam, seg, gqa_ratio=HQ // HK)
+
+    with jax.default_device(device):
+        text = jax.jit(f).lower(*args).compile().as_text()
+    cost = hlo_cost.analyse(text)
+    kernel_rows = [r for r in cost["rows"] if "triton" in r["kind"]]
+    assert len(kernel_rows) == 1
+    flops, _, nbytes = next(v for (name, shapes), v in hlo_cost._KERNEL_COSTS.items()
+                            if name == "diff_attention_fwd" and f"[{B},{HQ // HK},{T},{E}]"
+                            in shapes)
+    assert kernel_rows[0]["bytes"] == nbytes
+    others = sum(r["bytes"] for r in cost["rows"] if r is not kernel_rows[0])
+    np.testing.assert_allclose(cost["bytes accessed"], nbytes + others, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(cost["flops"], flops, rtol=1e-6, atol=0)
+
+
+def test_cublas_matmuls_count_their_flops_and_not_their_workspace():
+    """Matmuls compiled as cuBLAS calls (``xla_gpu_enable_triton_gemm=False``, what
+    ``compile_for`` falls back to where jax cannot autotune Triton GEMMs without a
+    device): 2 m n k FLOPs each, read from the call's dot dimensions, and their operands
+    and product as bytes -- not the cuBLAS workspace in the call's result tuple."""
+    device = target_device("h100")
+    S, BF = jax.ShapeDtypeStruct, jnp.bfloat16
+    b, m, k, n, p = 4, 256, 512, 128, 64
+
+    def f(x, y, z):
+        return jnp.einsum("bik,bkj->bij", x, y) @ z
+
+    with jax.default_device(device):
+        lowered = jax.jit(f).lower(S((b, m, k), BF), S((b, k, n), BF), S((n, p), BF))
+        text = lowered.compile(compiler_options={"xla_gpu_enable_triton_gemm": False}).as_text()
+    assert targets.gemm_backend(text) == "cublas"
+    cost = hlo_cost.analyse(text)
+    np.testing.assert_allclose(cost["flops"], 2 * b * m * k * n + 2 * b * m * n * p,
+                               rtol=1e-9, atol=0)
+    gemms = [r for r in cost["rows"] if r["kind"].startswith("__cublas$")]
+    assert len(gemms) == 2
+    np.testing.assert_allclose(sorted(r["bytes"] for r in gemms),
+                               sorted([2 * (b * m * k + b * k * n + b * m * n),
+                                       2 * (b * m * n + n * p + b * m * p)]),
+                               rtol=0, atol=0)
+
+
+class _Lowered:
+    """Stands for a ``jax.stages.Lowered`` whose first compile fails with ``error``."""
+
+    def __init__(self, error):
+        self.error, self.calls = error, []
+
+    def compile(self, compiler_options=None):
+        self.calls.append(compiler_options)
+        if len(self.calls) == 1 and self.error:
+            raise self.error
+        return "compiled"
+
+
+class _Device:
+    def __init__(self, platform):
+        self.platform = platform
+
+
+def test_compile_for_falls_back_to_cublas_only_for_the_deviceless_gemm_refusal():
+    refusal = RuntimeError("INTERNAL: No supported config found for HLO: %gemm_fusion_dot.1; "
+                           "CublasLtBackend cannot enumerate configs in deviceless mode.")
+    lowered = _Lowered(refusal)
+    with pytest.warns(RuntimeWarning, match="cuBLAS"):
+        assert targets.compile_for(lowered, _Device("gpu")) == "compiled"
+    assert lowered.calls == [None, {"xla_gpu_enable_triton_gemm": False}]
+    for error, platform in ((RuntimeError("RESOURCE_EXHAUSTED: out of memory"), "gpu"),
+                            (refusal, "tpu")):
+        with pytest.raises(RuntimeError) as raised:
+            targets.compile_for(_Lowered(error), _Device(platform))
+        assert raised.value is error
+    fine = _Lowered(None)
+    assert targets.compile_for(fine, _Device("gpu")) == "compiled" and fine.calls == [None]
+    for kind in ("__triton_gemm", "__triton_nested_gemm_fusion"):  # jax 0.12, 0.10
+        assert targets.gemm_backend(f'fusion_backend_config":{{"kind":"{kind}"}}') == "triton"
+    assert targets.gemm_backend("cpu program") is None
 
 
 @pytest.mark.slow
