@@ -7,9 +7,8 @@ Run in fresh virtualenvs (``nox -s conformance``) or on the current interpreter
 ``ends(newest)`` and ``ends(oldest)`` each make a fresh virtualenv, install the project
 with the newest releases its ranges allow (Python 3.13) or with the oldest supported
 versions pinned by ``constraints-oldest.txt`` (Python 3.11), print the versions, and run
-the conformance suite and the unit tests there.  CI (``.ci/run``) runs ``lint``,
-``conformance`` and ``tests`` with ``--no-venv``.  Every session that runs the suites
-prints the versions it tested first.
+the conformance suite and the unit tests there.  CI (``.ci/run``) runs ``lint`` and
+``ends(newest)``.  Every session that runs the suites prints the versions it tested first.
 Interpreters are found on ``PATH`` or under pyenv (``_python``); a missing one fails.
 """
 
