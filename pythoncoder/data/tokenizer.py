@@ -191,9 +191,15 @@ def build_tokenizer(ranks: dict[bytes, int] | None = None) -> Tokenizer:
 
 
 def cached_tokenizer_path(source: str | Path | None = None) -> Path:
-    """Where the tokenizer built from ``source`` ranks is cached (keyed by their hash)."""
+    """Where the tokenizer built from ``source`` ranks is cached: keyed by their hash and by
+    the ``tokenizers`` version that builds it, whose serialised form differs between releases
+    (0.21 writes the built ByteLevel pre-tokenizer with ``trim_offsets`` true, a file it
+    loads keeps false: the same ids, another fingerprint)."""
+    import tokenizers
+
     source = ranks_path() if source is None else Path(source)
-    key = hashlib.sha256(f"{file_sha256(source)}:{_BUILD_VERSION}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{file_sha256(source)}:{_BUILD_VERSION}:{tokenizers.__version__}"
+                         .encode()).hexdigest()[:16]
     return cache_dir() / "tokenizers" / f"qwen2.5-coder-{key}.json"
 
 
