@@ -238,6 +238,23 @@ def _library_gemm(line: str, rtype: str, lhs_type: str) -> tuple[float, int] | N
     return 2.0 * n * k, _nbytes(product)
 
 
+def _inner_gemm_flops(mod: _Module, line: str) -> float:
+    """FLOPs of the cuBLAS matmuls inside the computation a custom fusion calls, plus one per
+    custom call there (cancelling XLA's -1 "unknown")."""
+    called = re.search(r"calls=%?([\w.\-]+)", line)
+    body = mod.instrs.get(called.group(1), []) if called else []
+    shapes = {n: t for n, t, _, _ in body}
+    flops = 0.0
+    for _, rtype, op, text in body:
+        if op != "custom-call":
+            continue
+        flops += 1
+        args = re.findall(r"%([\w.\-]+)", text.split("=", 1)[1].split("),", 1)[0])
+        gemm = _library_gemm(text, rtype, shapes.get(args[0], "") if args else "")
+        flops += gemm[0] if gemm else 0.0
+    return flops
+
+
 def analyse(text: str) -> dict[str, Any]:
     """Per-execution cost of the optimized HLO module ``text``: ``flops``,
     ``transcendentals``, ``bytes accessed`` (loop bodies times their trip counts, Pallas
@@ -294,6 +311,11 @@ def analyse(text: str) -> dict[str, Any]:
                     own["flops"] += gemm[0]
                     nbytes = nbytes - _nbytes(rtype) + gemm[1]
                 own["bytes accessed"] += nbytes
+            elif op == "fusion" and '"__custom_fusion"' in line:
+                # a custom fusion around library calls (jax 0.12's dynamic_slice_fusion: a
+                # cuBLAS matmul reading a slice of a loop's operand in place): XLA's analysis
+                # counts each inner call as -1 FLOPs; count the matmuls by their dimensions
+                own["flops"] += _inner_gemm_flops(mod, line)
             src = re.search(r'op_name="([^"]*)"', line)
             kind = re.search(r"kind=(\w+)|custom_call_target=\"([^\"]+)\"", line)
             rows.append({"instruction": name, "op": op,
