@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from pythoncoder.utils.argtypes import EXIT_CODES_HELP, EXIT_USAGE, UsageError
+from pythoncoder.utils.platforms import default_to_cpu
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -60,6 +61,7 @@ def _not_available(name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    default_to_cpu()  # before any command imports jax: no accelerator plugin noise on a CPU host
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
