@@ -24,6 +24,9 @@ keeping the casts in the loop (an optimization barrier on the params and the mic
 first micro-step peeled out of the scan 22,318,580,640 (worse), against 20,722,093,344.
 """
 
+import importlib.metadata
+import re
+
 import pytest
 
 from pythoncoder.model import ModelConfig
@@ -45,9 +48,19 @@ def _memory(accum: int) -> dict:
         raise
 
 
+def _libtpu() -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in re.findall(r"\d+", importlib.metadata.version("libtpu")))
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+
+
 @pytest.mark.slow  # two v6e compiles, about 2 minutes on the shared 2-core host
-@pytest.mark.xfail(strict=True, reason=(
-    "on v6e-1 accumulating still costs more than 1.25 gradients on this micro config; at "
+# Passes with libtpu 0.0.50.1 (the newest end, jax 0.12); the releases between it and
+# 0.0.42.1 were not tried.
+@pytest.mark.xfail(_libtpu() < (0, 0, 50), strict=True, reason=(
+    "on v6e-1 with libtpu < 0.0.50 accumulating costs more than 1.25 gradients on this "
+    "micro config; at "
     "1b the loop copies (step.loop_copy) brought the temporaries at accumulation 8 from "
     "20.72 GB to 17.42 GB (design defaults 88.2% of 32 GiB, checked by the test below); "
     "a further fix flips this to a pass, and strict=True then asks for the marker to go"))
