@@ -67,6 +67,11 @@ def _nbytes(type_text: str) -> int:
     return total
 
 
+def _operands(line: str) -> list[str]:
+    """The names an instruction line reads (its operand list)."""
+    return re.findall(r"%([\w.\-]+)", line.split("=", 1)[1].split("),", 1)[0])
+
+
 def _split_type(rest: str) -> tuple[str, str]:
     """``rest`` after ``name = ``: (result type, the remainder starting at the opcode)."""
     if rest.startswith("("):
@@ -126,13 +131,13 @@ class _Module:
                 params[name] = int(re.search(r"parameter\((\d+)\)", text).group(1))
         users: dict[str, list[tuple[str, str]]] = {}
         for _, t, op, text in body:
-            for a in re.findall(r"%([\w.\-]+)", text.split("=", 1)[1].split("),", 1)[0]):
+            for a in _operands(text):
                 if a in params:
                     users.setdefault(a, []).append((op, t))
         root = next(((op, t, text) for name, t, op, text in body
                      if text.lstrip().startswith("ROOT")), None)
         if root and root[0] == "dynamic-update-slice":
-            args = re.findall(r"%([\w.\-]+)", root[2].split("=", 1)[1].split("),", 1)[0])
+            args = _operands(root[2])
             if args and args[0] in params and len(args) > 1:
                 update = next((t for n, t, _, _ in body if n == args[1]), "")
                 sizes[params[args[0]]] = 0  # the buffer, aliased to the result
@@ -249,7 +254,7 @@ def _inner_gemm_flops(mod: _Module, line: str) -> float:
         if op != "custom-call":
             continue
         flops += 1
-        args = re.findall(r"%([\w.\-]+)", text.split("=", 1)[1].split("),", 1)[0])
+        args = _operands(text)
         gemm = _library_gemm(text, rtype, shapes.get(args[0], "") if args else "")
         flops += gemm[0] if gemm else 0.0
     return flops
@@ -291,7 +296,7 @@ def analyse(text: str) -> dict[str, Any]:
         for name, rtype, op, line in mod.instrs[comp]:
             if op in _NOT_KERNELS:
                 continue
-            operands = re.findall(r"%([\w.\-]+)", line.split("=", 1)[1].split("),", 1)[0])
+            operands = _operands(line)
             nbytes = mod.traffic(line, rtype, [shapes.get(o, "") for o in operands])
             if op == "custom-call":
                 # XLA's analysis knows no custom call: it counts each as -1 FLOPs and -1

@@ -253,9 +253,10 @@ def compile_for(lowered, device):
     A deviceless GPU compile on jax >= 0.11 can fail where XLA would autotune a Triton GEMM
     fusion on the device ("No supported config found ... deviceless mode").  There the
     matmuls are compiled as cuBLAS calls instead (``xla_gpu_enable_triton_gemm=False``),
-    with a warning: memory and FLOPs stay those of the same program, the fusions around
-    the matmuls may differ from what the device would pick.  ``gemm_backend`` reads which
-    one a compiled program uses.  Any other error is raised as is."""
+    with a warning: the same matmuls (the same FLOPs), but memory and the fusions around
+    them are those of the cuBLAS program, which may differ from what the device would
+    autotune.  ``gemm_backend`` reads which one a compiled program uses.  Any other error
+    is raised as is."""
     try:
         return lowered.compile()
     except Exception as e:  # noqa: BLE001 -- re-raised unless it is the refusal above
