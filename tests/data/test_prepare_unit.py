@@ -71,7 +71,7 @@ def test_stdlib_is_the_default_source():
     assert sources.count_documents([], max_files=7) == 7
 
 
-def test_long_document_spans_rows_and_short_corpus_gives_no_rows(tmp_path):
+def test_long_document_spans_rows_and_short_corpus_is_an_error(tmp_path):
     tok = load_tokenizer()
     text = synthetic.python_source(3, min_chars=2000)
     (tmp_path / "src").mkdir()
@@ -91,12 +91,13 @@ def test_long_document_spans_rows_and_short_corpus_gives_no_rows(tmp_path):
 
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "t.py").write_text("x = 1\n")
-    m = prep.prepare([tmp_path / "tiny"], tmp_path / "out2", seq_len=64, val_fraction=0.0,
-                     num_workers=1, progress=False)
-    assert m["splits"]["train"]["rows"] == 0
     eos_joined = len(encode_documents(tok, ["x = 1\n"])[0]) + 1
-    assert m["splits"]["train"]["dropped_tail_tokens"] == m["stats"]["document_tokens"]
-    assert m["stats"]["document_tokens"] == eos_joined == 6
+    with pytest.raises(prep.PrepareError, match=f"too few tokens for one training row: "
+                       f"{eos_joined} train tokens from 1 documents, a row needs 65"):
+        prep.prepare([tmp_path / "tiny"], tmp_path / "out2", seq_len=64, val_fraction=0.0,
+                     num_workers=1, progress=False)
+    assert not (tmp_path / "out2").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_rerun_replaces_previous_output(tmp_path):
