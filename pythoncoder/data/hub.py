@@ -21,7 +21,8 @@ Which files (all ``.parquet`` files under ``PATH``, in sorted order):
 
 Each record's key is its own path field (``sources.PATH_FIELDS``) when it has one, else
 ``OWNER/NAME/FILE:ROW`` (1-based row).  Rows whose text column is not a string are skipped;
-a missing column or an unreadable (corrupt) file is a ``ValueError`` naming the file.
+a missing column is a ``ValueError`` naming the file; an unreadable (corrupt) file is
+counted and named by ``prepare`` (:func:`pythoncoder.data.sources.iter_parquet`).
 
 Resume and offline: ``hf_hub_download`` keeps every finished file in the Hugging Face
 cache (``HF_HUB_CACHE``, default ``$HF_HOME/hub``), so a rerun reads finished files from
@@ -39,6 +40,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+from pythoncoder.data.sources import iter_parquet
 
 PREFIX = "hf://datasets/"
 _SEPARATORS = "-._ 0123456789"
@@ -213,39 +216,6 @@ def _download(src: HfSource, filename: str) -> str:
         raise
 
 
-def _iter_file(label: str, local: str, column: str) -> Iterator[tuple[str, str]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pythoncoder.data.sources import PATH_FIELDS, _record_key
-
-    def unreadable(e: Exception) -> ValueError:
-        return ValueError(f"{label}: cannot read the Parquet file: {e}")
-
-    try:
-        pf = pq.ParquetFile(local)
-        names = pf.schema_arrow.names
-    except (pa.ArrowException, OSError) as e:
-        raise unreadable(e) from e
-    if column not in names:
-        raise ValueError(f"{label}: no {column!r} column; its columns: {', '.join(names)}")
-    columns = [column] + [f for f in PATH_FIELDS if f in names and f != column]
-    batches = pf.iter_batches(columns=columns, batch_size=1024)
-    row = 0
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as e:
-            raise unreadable(e) from e
-        for record in batch.to_pylist():
-            row += 1
-            text = record.get(column)
-            if isinstance(text, str):
-                yield _record_key(record, f"{label}:{row}"), text
-
-
 def iter_hf_documents(url: str, split: str = "train",
                       column: str = "content") -> Iterator[tuple[str, str]]:
     """``(key, text)`` of every row of the dataset's Parquet files for ``split``, in order.
@@ -261,4 +231,4 @@ def iter_hf_documents(url: str, split: str = "train",
         raise ImportError(f"{url}: reading hf:// sources needs huggingface_hub: "
                           "pip install 'pythoncoder[hub]'") from e
     for filename in parquet_files(src, split):
-        yield from _iter_file(f"{src.repo_id}/{filename}", _download(src, filename), column)
+        yield from iter_parquet(_download(src, filename), f"{src.repo_id}/{filename}", column)

@@ -529,10 +529,12 @@ def summary(manifest: dict[str, Any]) -> str:
 def stdlib_cache_dir(seq_len: int, fingerprint: str, max_files: int | None = None,
                      root: str | Path | None = None,
                      val_fraction: float = DEFAULT_VAL_FRACTION) -> Path:
-    """Cache location of the prepared stdlib: tokenizer hash, seq_len, Python version."""
+    """Cache location of the prepared stdlib: tokenizer hash, seq_len, Python version and
+    the cleaning stages' settings (their defaults)."""
     root = Path(root) if root is not None else cache_dir() / "data"
     extra = "" if max_files is None else f"-n{max_files}"
     extra += "" if val_fraction == DEFAULT_VAL_FRACTION else f"-v{val_fraction:g}"
+    extra += f"-c{stages_lib.Cleaning().fingerprint()}"
     name = f"stdlib-{sources_lib.python_version_tag()}-L{seq_len}{extra}-{fingerprint[:12]}"
     return root / name
 

@@ -136,7 +136,7 @@ def check(text: str, config: QualityConfig = QualityConfig(), filename: str = "<
     lines = text.splitlines() or [""]
     if max(map(len, lines)) > c.max_line_length:
         return "long_line"
-    if len(text) / len(lines) > c.max_mean_line_length:
+    if sum(map(len, lines)) / len(lines) > c.max_mean_line_length:
         return "mean_line_length"
     if sum(map(len, _ALNUM.findall(text))) < c.min_alnum_fraction * len(text):
         return "alphanumeric"

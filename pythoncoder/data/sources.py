@@ -9,6 +9,7 @@ depend on where the corpus sits on disk or in which order sources are given.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import sysconfig
@@ -23,7 +24,18 @@ CONTENT_FIELD = "content"
 HF_SCHEME = "hf://"
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git"}
 
-Document = tuple[str, bytes | str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Unreadable:
+    """A document that could not be read (an I/O error, a broken Parquet file):
+    ``prepare`` counts it under ``reason`` and names it in its audit file."""
+
+    reason: str
+    detail: str
+
+
+Document = tuple[str, "bytes | str | Unreadable"]
 
 
 def stdlib_dir() -> Path:
@@ -45,8 +57,8 @@ def _iter_directory(root: Path, prefix: str, max_files: int | None) -> Iterator[
     for path in python_files(root)[:max_files]:
         try:
             data = path.read_bytes()
-        except OSError:
-            continue  # a dangling link or unreadable file is not a document
+        except OSError as e:  # counted and named by prepare, not silently skipped
+            data = Unreadable("unreadable", f"{type(e).__name__}: {e.strerror or e}")
         yield prefix + path.relative_to(root).as_posix(), data
 
 
@@ -66,21 +78,48 @@ def _iter_jsonl(path: Path) -> Iterator[Document]:
             yield _record_key(record, f"{path.name}:{lineno}"), content
 
 
-def _iter_parquet(path: Path) -> Iterator[Document]:
+def iter_parquet(path: str | Path, label: str | None = None, column: str = CONTENT_FIELD,
+                 ) -> Iterator[Document]:
+    """``(key, text)`` of each row of a Parquet file whose ``column`` is a string.
+
+    The key is the row's own path field (:data:`PATH_FIELDS`) or ``label:row`` (1-based;
+    ``label`` defaults to the file name).  A file without ``column`` is a ``ValueError``
+    (the user named the wrong column); a file pyarrow cannot read, whole or from some
+    batch on, yields one ``(label, Unreadable)`` after the rows it did read, so prepare
+    counts and names it instead of stopping or losing it silently.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    names = set(pf.schema_arrow.names)
-    if CONTENT_FIELD not in names:
-        raise ValueError(f"{path}: no {CONTENT_FIELD!r} column")
-    columns = [CONTENT_FIELD] + [f for f in PATH_FIELDS if f in names]
+    label = label or Path(path).name
+
+    def unreadable(e: Exception) -> Document:
+        return label, Unreadable("unreadable", f"cannot read the Parquet file: {e}")
+
+    try:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+    except (pa.ArrowException, OSError) as e:
+        yield unreadable(e)
+        return
+    if column not in names:
+        raise ValueError(f"{label}: no {column!r} column; its columns: {', '.join(names)}")
+    columns = [column] + [f for f in PATH_FIELDS if f in names and f != column]
+    batches = pf.iter_batches(columns=columns, batch_size=1024)
     row = 0
-    for batch in pf.iter_batches(columns=columns, batch_size=1024):
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            yield unreadable(e)
+            return
         for record in batch.to_pylist():
             row += 1
-            content = record.get(CONTENT_FIELD)
-            if isinstance(content, str):
-                yield _record_key(record, f"{path.name}:{row}"), content
+            text = record.get(column)
+            if isinstance(text, str):
+                yield _record_key(record, f"{label}:{row}"), text
 
 
 def is_remote(source: str | Path) -> bool:
@@ -120,7 +159,7 @@ def iter_documents(sources: list[str | Path], max_files: int | None = None, *,
             elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
                 yield from _iter_jsonl(path)
             elif name.endswith(".parquet"):
-                yield from _iter_parquet(path)
+                yield from iter_parquet(path)
             else:
                 raise ValueError(f"unsupported source {path}: expected a directory, .py, "
                                  ".jsonl[.gz] or .parquet")

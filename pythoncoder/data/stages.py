@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from pythoncoder.data import decontam as decontam_lib
 from pythoncoder.data import neardup as neardup_lib
 from pythoncoder.data import quality as quality_lib
+from pythoncoder.data.sources import Unreadable
 
 STAGES = ("read", "exact_dedup", "quality", "near_dedup", "decontamination")
 REASONS = {
@@ -40,14 +41,7 @@ REASONS = {
 }
 ALL_REASONS = tuple(r for s in STAGES for r in REASONS[s])
 AUDIT_FILE = "removed.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class Unreadable:
-    """A source document that could not be read (a broken Parquet file, an I/O error)."""
-
-    reason: str
-    detail: str
+STAGES_VERSION = 1  # bump when a stage's behaviour changes, so cached datasets are remade
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +60,12 @@ class Cleaning:
                 else {**dataclasses.asdict(self.near_dedup), "library": _rensa_version()},
                 "decontamination": {**dataclasses.asdict(self.decontam),
                                     "benchmarks": list(self.benchmarks)}}
+
+
+    def fingerprint(self) -> str:
+        """Short digest of the settings (and the stages' version): keys cached datasets."""
+        text = json.dumps([STAGES_VERSION, self.describe()], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
 
 
 def _rensa_version() -> str:

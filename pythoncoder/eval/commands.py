@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pythoncoder.data.decontam import provenance_note
 from pythoncoder.eval import humaneval, mbpp
 from pythoncoder.eval.harness import (
     format_summary,
@@ -160,8 +161,28 @@ def run_eval(args: argparse.Namespace) -> int:
         return 2
     write_jsonl(out, rows)
     print(format_summary(name, summarize(rows, args.k)))
+    if args.run is not None:
+        problems_file = ((args.problems or humaneval.data_path()) if name == "humaneval"
+                         else args.data)
+        ok, note = decontamination_note(args.run, name, problems_file)
+        print(note, file=sys.stdout if ok else sys.stderr)
     print(f"results: {out}")
     return 0
+
+
+def decontamination_note(run_dir: Path, benchmark: str, problems_file: Path
+                         ) -> tuple[bool, str]:
+    """What the run's prepared data (``run.json``'s ``data``) says about ``benchmark``."""
+    import json
+
+    from pythoncoder.data.shards import ShardError, read_manifest
+
+    try:
+        data = json.loads((Path(run_dir) / "run.json").read_text()).get("data")
+        manifest = read_manifest(data) if data else None
+    except (OSError, ValueError, ShardError):
+        manifest = None
+    return provenance_note(manifest, benchmark, problems_file)
 
 
 def _results_path(path: Path, suffix: str = "_results.jsonl") -> Path:

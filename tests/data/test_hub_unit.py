@@ -230,22 +230,32 @@ def test_non_string_rows_are_skipped(cache):
     assert list(hub.iter_hf_documents(URL)) == []
 
 
-def test_corrupt_parquet_names_the_file(cache):
+def _unreadable(docs, label):
+    """The one Unreadable marker at the end of ``docs``, named ``label``."""
+    *rest, (key, marker) = docs
+    assert key == label and isinstance(marker, sources.Unreadable)
+    assert marker.reason == "unreadable"
+    assert marker.detail.startswith("cannot read the Parquet file: ")
+    assert not any(isinstance(c, sources.Unreadable) for _, c in rest)
+    return rest
+
+
+def test_corrupt_parquet_is_named_and_the_next_file_still_read(cache):
     good = _parquet_bytes(TRAIN0)
     add_repo(cache, {"data/train-0.parquet": good,
-                     "data/train-1.parquet": b"PAR1 this is not a parquet file"})
-    docs = hub.iter_hf_documents(URL)
-    assert next(docs) == ("acme/code/data/train-0.parquet:1", "a = 0\n")
-    assert next(docs) == ("acme/code/data/train-0.parquet:3", "a = 2\n")
-    with pytest.raises(ValueError, match=r"^acme/code/data/train-1\.parquet: cannot read the "
-                                         r"Parquet file: "):
-        next(docs)
+                     "data/train-1.parquet": b"PAR1 this is not a parquet file",
+                     "data/train-2.parquet": good})
+    docs = list(hub.iter_hf_documents(URL))
+    assert docs[:2] == [("acme/code/data/train-0.parquet:1", "a = 0\n"),
+                        ("acme/code/data/train-0.parquet:3", "a = 2\n")]
+    _unreadable(docs[:3], "acme/code/data/train-1.parquet")
+    assert docs[3:] == [("acme/code/data/train-2.parquet:1", "a = 0\n"),
+                        ("acme/code/data/train-2.parquet:3", "a = 2\n")]
 
 
 def test_truncated_parquet_names_the_file(cache):
     add_repo(cache, {"train.parquet": _parquet_bytes(TRAIN0)[:-20]})
-    with pytest.raises(ValueError, match=r"^acme/code/train\.parquet: cannot read the Parquet"):
-        list(hub.iter_hf_documents(URL))
+    assert _unreadable(list(hub.iter_hf_documents(URL)), "acme/code/train.parquet") == []
 
 
 def test_corrupt_data_page_names_the_file(cache):
@@ -259,8 +269,7 @@ def test_corrupt_data_page_names_the_file(cache):
     data[mid:mid + 16] = b"\xff" * 16
     assert pq.ParquetFile(pa.BufferReader(bytes(data))).metadata.num_rows == 200  # opens
     add_repo(cache, {"train.parquet": bytes(data)})
-    with pytest.raises(ValueError, match=r"^acme/code/train\.parquet: cannot read the Parquet"):
-        list(hub.iter_hf_documents(URL))
+    _unreadable(list(hub.iter_hf_documents(URL)), "acme/code/train.parquet")
 
 
 def test_not_cached_offline(cache):
