@@ -62,6 +62,7 @@ _LEX = re.compile(
     re.S,
 )
 _WORD = re.compile(r"\w+|[^\w\s]")
+_BACKSLASHES = re.compile(r"\\+")
 _QUOTES = re.compile(r"^[rRbBuUfF]{0,2}('''|\"\"\"|'|\")|('''|\"\"\"|'|\")$")
 _DROPPED_OPS = frozenset("(),;\\")
 _KEPT_NAMES = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins))
@@ -180,7 +181,8 @@ def code_tokens(text: str) -> tuple[list[str], list[str | None], list[str]]:
         if kind == "comment":
             continue
         if kind == "string":
-            exact += _WORD.findall(_QUOTES.sub("", tok))
+            # Quotes, prefixes and escaping left out: r"\d" and "\\d" read the same.
+            exact += _WORD.findall(_BACKSLASHES.sub("\\\\", _QUOTES.sub("", tok)))
             abstract.append("S")
         elif kind == "name":
             exact.append(tok)
@@ -189,11 +191,27 @@ def code_tokens(text: str) -> tuple[list[str], list[str | None], list[str]]:
             else:
                 abstract.append(None)
                 names.append(tok)
+        elif kind == "number":
+            tok = _number(tok)
+            exact.append(tok)
+            abstract.append(tok)
         elif tok not in _DROPPED_OPS:
             exact.append(tok)
             abstract.append(tok)
         after_dot = tok == "."
     return exact, abstract, names
+
+
+def _number(tok: str) -> str:
+    """A numeric literal's value, spelled one way (``1.`` and ``1.0``, ``0x10`` and ``16``)."""
+    try:
+        return str(int(tok, 0))
+    except ValueError:
+        pass
+    try:
+        return repr(float(tok))
+    except ValueError:
+        return tok  # complex, or not a number after all
 
 
 def streams(text: str) -> Streams:
@@ -249,8 +267,9 @@ class DecontamConfig:
     overlap: float = 0.5
     renamed_overlap: float = 0.7
     renamed_min_ngrams: int = 20
-    renamed_short_share: float = 0.25
-    renamed_floor_ngrams: int = 5
+    renamed_short_share: float = 0.05
+    renamed_floor_ngrams: int = 3
+    min_item_tokens: int = 6
     min_substring_chars: int = 40
 
     def __post_init__(self) -> None:
@@ -289,8 +308,13 @@ class Decontaminator:
         self._exact: dict[int, list[int]] = {}
         self._abstract: dict[int, list[int]] = {}
         self._sizes: list[tuple[int, int]] = []
+        self._whole: dict[int, dict[int, list[int]]] = {}  # length -> hash -> items
         for i, item in enumerate(self.items):
-            e, a = ngrams(streams(item.code), c.ngram)
+            st = streams(item.code)
+            e, a = ngrams(st, c.ngram)
+            if not e and len(st.exact) >= c.min_item_tokens:  # shorter than one n-gram
+                whole = _window_hashes(st.exact, len(st.exact)).pop()
+                self._whole.setdefault(len(st.exact), {}).setdefault(whole, []).append(i)
             if len(a) < c.renamed_floor_ngrams:
                 a = set()
             self._sizes.append((len(e), len(a)))
@@ -305,7 +329,11 @@ class Decontaminator:
             for _, i in self._automaton.iter(normalize_space(text)):
                 return Match(self.items[i].name, "substring", 1.0)
         c = self.config
-        grams = ngrams(streams(text), c.ngram)
+        st = streams(text)
+        for length, index in self._whole.items():
+            for h in index.keys() & _window_hashes(st.exact, length):
+                return Match(self.items[index[h][0]].name, "ngram", 1.0)
+        grams = ngrams(st, c.ngram)
         for which, index in ((0, self._exact), (1, self._abstract)):
             hits: Counter = Counter()
             for h in index.keys() & grams[which]:
