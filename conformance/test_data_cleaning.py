@@ -116,6 +116,9 @@ def test_encoded_data_over_half_the_file():
     small = f'KEY = "{_b64_blob(300)}"\n' + "x = 1\n" * 4
     assert quality.encoded_chars(small) == 300 and len(small) < 600
     assert quality.check(small) == "encoded_data"
+    # Three of the four classes are enough: base64 without '+' or '/' is still base64.
+    plain = "".join(ch for ch in _b64_blob(400, seed=3) if ch not in "+/")[:300]
+    assert len(plain) == 300 and quality.encoded_chars(f'K = "{plain}"\n') == 300
     # Not base64: one letter repeated, or a lowercase hex digest.
     assert quality.encoded_chars('A = "' + "a" * 300 + '"\n') == 0
     assert quality.encoded_chars('H = "' + "0123456789abcdef" * 8 + '"\n') == 0
@@ -284,6 +287,65 @@ def test_renamed_stream_is_invariant_under_consistent_renaming(data):
     # Data flow matters: swapping two uses of different names changes the stream.
     swapped = code.replace("if a + b < limit", "if a + limit < b")
     assert decontam.ngrams(decontam.streams(swapped), 10)[1] != abstract
+
+
+@pytest.mark.req("DATA-07")
+def test_renamed_windows_do_not_depend_on_the_text_around_them():
+    """A name's earlier use outside a window does not change the window: the item's
+    renamed-stream 10-grams are all found in a file that uses its names before it."""
+    code = ("def pairs(numbers, limit):\n    out = []\n    for i, a in enumerate(numbers):\n"
+            "        for b in numbers[i + 1:]:\n            if a + b < limit:\n"
+            "                out.append((a, b))\n    return out\n")
+    prefix = "numbers = [1, 2]\nlimit = out = a = b = i = pairs = None\n"
+    alone = decontam.ngrams(decontam.streams(code), 10)[1]
+    inside = decontam.ngrams(decontam.streams(prefix + code + prefix), 10)[1]
+    assert alone and alone <= inside
+
+
+# A short, generic item (MBPP 932's dedupe loop has 16 renamed-stream 10-grams).
+SHORT = ("def remove_dups(seq):\n    seen = []\n    for x in seq:\n        if x not in seen:\n"
+         "            seen.append(x)\n    return seen\n")
+
+
+def _short_benchmark(code: str, item_id: str = "1") -> decontam.Benchmark:
+    return decontam.Benchmark("mbpp", "-", "-", (decontam.Item("mbpp", item_id, code, ()),))
+
+
+@pytest.mark.req("DATA-07")
+def test_a_short_generic_item_renamed_counts_only_where_it_is_much_of_the_file():
+    d = decontam.Decontaminator([_short_benchmark(SHORT)])
+    renamed = _rename(SHORT, {"remove_dups": "uniq", "seq": "items", "seen": "acc", "x": "v"})
+    small = "import os\n\n" + renamed + "\nprint(uniq(os.listdir()))\n"
+    m = d.find(small)
+    assert m is not None and (m.item, m.method) == ("mbpp:1", "ngram_renamed")
+    # The same idiom inside a large genuine module (as distutils holds it) is not a copy.
+    from pythoncoder.data import sources
+
+    big = (sources.stdlib_dir() / "argparse.py").read_text("utf-8")
+    assert d.find(big) is None
+    cut = max(big.rfind("\nclass "), big.rfind("\ndef ")) + 1  # between top-level code
+    assert d.find(big[:cut] + renamed + big[cut:]) is None
+
+
+@pytest.mark.req("DATA-07")
+def test_an_item_shorter_than_one_ngram_is_matched_whole():
+    tiny = "def smallest_num(xs):\n  return min(xs)\n"
+    d = decontam.Decontaminator([_short_benchmark(tiny)])
+    assert len(decontam.streams(tiny).exact) < 10
+    reformatted = "import sys\n\n\ndef smallest_num(xs):\n    return min(\n        xs,\n    )\n"
+    m = d.find(reformatted)
+    assert m is not None and (m.item, m.method, m.score) == ("mbpp:1", "ngram", 1.0)
+    assert d.find("def smallest_num(xs):\n    return max(xs)\n") is None
+
+
+@pytest.mark.req("DATA-07")
+def test_string_spelling_does_not_hide_a_copy():
+    item = 'import re\ndef long_words(text):\n    return re.findall(r"\\b\\w{4,}\\b", text)\n'
+    copy = ("import re\n\n\ndef long_words(text):\n"
+            "    return re.findall('\\\\b\\\\w{4,}\\\\b', text)\n")
+    assert decontam.streams(item).exact.tolist() == decontam.streams(copy).exact.tolist()
+    d = decontam.Decontaminator([_short_benchmark(item)])
+    assert d.find(copy) is not None
 
 
 def _plant(item: decontam.Item) -> str:

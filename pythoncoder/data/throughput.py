@@ -144,7 +144,10 @@ def stage_throughput(docs: list[tuple[str, bytes]], cleaning=None) -> list[dict]
     texts = run("decontamination", texts, lambda d: finder.find(d[1]) is None)
     prep._init_worker(tokmod.load_tokenizer().to_str(), True,
                       prep.tiktoken_encoding() is not None)
-    run("tokenize", texts, lambda d: len(prep._encode_eos([d[1]])[0]) > 0)
+    tokens = []
+    run("tokenize", texts, lambda d: tokens.append(len(prep._encode_eos([d[1]])[0]) - 1) is None)
+    rows[-1]["tokens"] = sum(tokens)
+    rows[-1]["bytes_per_token"] = rows[-1]["mb"] * 1e6 / max(1, sum(tokens))
     token_rate = rows[-1]["mb_per_s"]
     for row in rows:
         row["ratio_to_tokenizer"] = row["mb_per_s"] / token_rate
