@@ -53,9 +53,12 @@ def _python(version: str) -> str:
     return version
 
 
-def _install(session: nox.Session, *constraints: str, extras: str = "dev,targets") -> None:
+def _install(session: nox.Session, *constraints: str,
+             extras: str = "dev,targets,distributed") -> None:
     # targets: the compile-only CUDA plugin, ptxas and libtpu, without which the tests
     # that compile for a deviceless GPU/TPU skip (and DIFF-06b is left unproved).
+    # distributed: datatrove, for the multi-machine cleaning's tests (not at the oldest
+    # end: datatrove needs a huggingface_hub the oldest tokenizers refuse).
     if session.venv_backend not in ("none", None):
         session.install("-e", f".[{extras}]", *constraints)
     session.run("python", "-m", "pythoncoder.utils.versions")
@@ -98,7 +101,10 @@ def ends(session: nox.Session, end: str) -> None:
     newest releases the ranges allow)."""
     if session.venv_backend in ("none", None):
         session.error("ends installs its own versions: run it without --no-venv")
-    _install(session, *(["-c", OLDEST] if end == "oldest" else []))
+    if end == "oldest":
+        _install(session, "-c", OLDEST, extras="dev,targets")
+    else:
+        _install(session)
     _conformance(session)
     _tests(session)
 
