@@ -243,7 +243,7 @@ def _run_stages(chunks: Iterable[list[tuple[str, str]]], decide, num_workers: in
     verdicts) -> kept documents`` in this process, the kept ones tokenized by the workers:
     ``(kept, ids)`` in input order, with a bounded number of tasks in flight."""
     if num_workers <= 1:
-        _init_worker(*initargs[:1], True, *initargs[2:])
+        _init_worker(initargs[0], True, *initargs[2:])  # in this process
         for chunk in chunks:
             kept = decide(chunk, _analyze(chunk))
             if kept:
@@ -437,7 +437,7 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
                     yield key, text
 
         def judge(chunk, verdicts) -> list[tuple[str, str]]:
-            return [doc for doc, v in zip(chunk, verdicts) if decide.keep(*doc, v)]
+            return [doc for doc, v in zip(chunk, verdicts) if decide.keep(doc[0], v)]
 
         bar = tqdm(total=sources_lib.count_documents(list(sources), max_files), unit="file",
                    desc="prepare", disable=not progress, dynamic_ncols=True)
@@ -483,8 +483,9 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
         "sources": [str(s) for s in sources] or [f"stdlib:{sources_lib.stdlib_dir()}"],
         "python": sources_lib.python_version_tag(),
         "filter": {"max_files": max_files, **cleaning.describe()},
-        "decontamination": {b.name: {**b.describe(), "removed": _removed_by(ledger, b)}
-                            for b in benchmarks},
+        "decontamination": {
+            b.name: {**b.describe(), "removed": ledger.removed_per_benchmark[b.name]}
+            for b in benchmarks},
         "stages": report,
         "audit": stages_lib.AUDIT_FILE,
         "stats": {
@@ -504,10 +505,6 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
 
 def _describe(sources) -> str:
     return ", ".join(map(str, sources)) if sources else "the stdlib"
-
-
-def _removed_by(ledger: stages_lib.Ledger, benchmark) -> int:
-    return ledger.removed_per_benchmark.get(benchmark.name, 0)
 
 
 def summary(manifest: dict[str, Any]) -> str:

@@ -152,9 +152,10 @@ class ReadAndExact:
                 led.drop("read", key, "binary", size)
                 return None
             text = content.removeprefix("\ufeff")
-        nbytes = len(text.encode("utf-8"))
+        encoded = text.encode("utf-8")
+        nbytes = len(encoded)
         led.enter("exact_dedup", nbytes)
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        digest = hashlib.sha256(encoded).digest()
         first = self._seen.get(digest)
         if first is not None:
             led.drop("exact_dedup", key, "duplicate", nbytes, match=first, method="sha256")
@@ -167,6 +168,7 @@ class ReadAndExact:
 class Verdict:
     """A worker's findings on one document (stages 3-5)."""
 
+    nbytes: int  # of the UTF-8 text
     quality: str | None
     sketch: Any  # rensa.RMinHash | None
     contamination: decontam_lib.Match | None
@@ -182,13 +184,14 @@ class Analyzer:
                                if benchmarks else None)
 
     def __call__(self, key: str, text: str) -> Verdict:
+        nbytes = len(text.encode("utf-8"))
         reason = quality_lib.check(text, self.cleaning.quality, key)
         if reason is not None:
-            return Verdict(reason, None, None)
+            return Verdict(nbytes, reason, None, None)
         near = self.cleaning.near_dedup
         mh = neardup_lib.sketch(text, near) if near is not None else None
         found = self.decontaminator.find(text) if self.decontaminator is not None else None
-        return Verdict(None, mh, found)
+        return Verdict(nbytes, None, mh, found)
 
 
 class Decide:
@@ -199,9 +202,9 @@ class Decide:
         self.near = (neardup_lib.NearDedup(cleaning.near_dedup)
                      if cleaning.near_dedup is not None else None)
 
-    def keep(self, key: str, text: str, verdict: Verdict) -> bool:
+    def keep(self, key: str, verdict: Verdict) -> bool:
         led = self.ledger
-        nbytes = len(text.encode("utf-8"))
+        nbytes = verdict.nbytes
         led.enter("quality", nbytes)
         if verdict.quality is not None:
             led.drop("quality", key, verdict.quality, nbytes)
