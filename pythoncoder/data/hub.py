@@ -41,8 +41,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from pythoncoder.data.sources import iter_parquet
-
 PREFIX = "hf://datasets/"
 _SEPARATORS = "-._ 0123456789"
 # Split names the datasets library recognises in file and folder names.
@@ -216,14 +214,12 @@ def _download(src: HfSource, filename: str) -> str:
         raise
 
 
-def iter_hf_documents(url: str, split: str = "train",
-                      column: str = "content") -> Iterator[tuple[str, str]]:
-    """``(key, text)`` of every row of the dataset's Parquet files for ``split``, in order.
-
-    Lists the files once, then downloads (or finds in the cache) and streams them one at
-    a time.  Raises ``ValueError`` for a malformed URL, no matching file, a file without
-    ``column``, an unreadable file, or (offline) a dataset or file not in the cache.
-    """
+def fetch_parquet(url: str, split: str = "train") -> Iterator[tuple[str, str]]:
+    """``(label, local path)`` of each of the dataset's Parquet files for ``split``, in
+    order: listed once, then each downloaded (or found in the cache) when the caller asks
+    for it, so a reader streams one file at a time (``sources.iter_documents`` reads them).
+    Raises ``ValueError`` for a malformed URL, no matching file, or (offline) a dataset or
+    file not in the cache."""
     src = parse_hf_url(url)
     try:
         import huggingface_hub  # noqa: F401
@@ -231,4 +227,4 @@ def iter_hf_documents(url: str, split: str = "train",
         raise ImportError(f"{url}: reading hf:// sources needs huggingface_hub: "
                           "pip install 'pythoncoder[hub]'") from e
     for filename in parquet_files(src, split):
-        yield from iter_parquet(_download(src, filename), f"{src.repo_id}/{filename}", column)
+        yield f"{src.repo_id}/{filename}", _download(src, filename)

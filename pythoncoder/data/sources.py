@@ -145,7 +145,8 @@ def iter_documents(sources: list[str | Path], max_files: int | None = None, *,
             if is_remote(source):
                 from pythoncoder.data import hub
 
-                yield from hub.iter_hf_documents(source, split=hf_split, column=hf_column)
+                for label, local in hub.fetch_parquet(source, split=hf_split):
+                    yield from iter_parquet(local, label, hf_column)
                 continue
             path = Path(source)
             name = path.name.lower()

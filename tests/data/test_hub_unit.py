@@ -206,28 +206,33 @@ def test_parquet_files_lists_the_cached_snapshot(dataset):
 # --- documents --------------------------------------------------------------------------
 
 def test_documents_and_keys(dataset):
-    assert list(hub.iter_hf_documents(URL)) == [
+    assert list(_hf_docs(URL)) == [
         ("acme/code/data/train-00000-of-00002.parquet:1", "a = 0\n"),
         ("acme/code/data/train-00000-of-00002.parquet:3", "a = 2\n"),  # row 2 is null
         ("pkg/b.py", "b = 0\n"),  # the record's own path field
     ]
-    assert list(hub.iter_hf_documents(URL, split="validation")) == [
+    assert list(_hf_docs(URL, split="validation")) == [
         ("acme/code/data/validation-00000-of-00001.parquet:1", "v = 0\n")]
 
 
 def test_column_choice_and_missing_column(cache):
     add_repo(cache, {"train.parquet": _parquet_bytes(pa.table({"text": ["x = 1\n", "y\n"],
                                                                "n": [1, 2]}))})
-    assert list(hub.iter_hf_documents(URL, column="text")) == [
+    assert list(_hf_docs(URL, column="text")) == [
         ("acme/code/train.parquet:1", "x = 1\n"), ("acme/code/train.parquet:2", "y\n")]
     with pytest.raises(ValueError) as e:
-        list(hub.iter_hf_documents(URL))
+        list(_hf_docs(URL))
     assert str(e.value) == "acme/code/train.parquet: no 'content' column; its columns: text, n"
 
 
 def test_non_string_rows_are_skipped(cache):
     add_repo(cache, {"train.parquet": _parquet_bytes(pa.table({"content": [b"x", b"y"]}))})
-    assert list(hub.iter_hf_documents(URL)) == []
+    assert list(_hf_docs(URL)) == []
+
+
+def _hf_docs(url, split="train", column="content"):
+    """The documents of an hf:// source, as prepare reads them."""
+    return iter(sources.iter_documents([url], hf_split=split, hf_column=column))
 
 
 def _unreadable(docs, label):
@@ -245,7 +250,7 @@ def test_corrupt_parquet_is_named_and_the_next_file_still_read(cache):
     add_repo(cache, {"data/train-0.parquet": good,
                      "data/train-1.parquet": b"PAR1 this is not a parquet file",
                      "data/train-2.parquet": good})
-    docs = list(hub.iter_hf_documents(URL))
+    docs = list(_hf_docs(URL))
     assert docs[:2] == [("acme/code/data/train-0.parquet:1", "a = 0\n"),
                         ("acme/code/data/train-0.parquet:3", "a = 2\n")]
     _unreadable(docs[:3], "acme/code/data/train-1.parquet")
@@ -255,7 +260,7 @@ def test_corrupt_parquet_is_named_and_the_next_file_still_read(cache):
 
 def test_truncated_parquet_names_the_file(cache):
     add_repo(cache, {"train.parquet": _parquet_bytes(TRAIN0)[:-20]})
-    assert _unreadable(list(hub.iter_hf_documents(URL)), "acme/code/train.parquet") == []
+    assert _unreadable(list(_hf_docs(URL)), "acme/code/train.parquet") == []
 
 
 def test_corrupt_data_page_names_the_file(cache):
@@ -269,12 +274,12 @@ def test_corrupt_data_page_names_the_file(cache):
     data[mid:mid + 16] = b"\xff" * 16
     assert pq.ParquetFile(pa.BufferReader(bytes(data))).metadata.num_rows == 200  # opens
     add_repo(cache, {"train.parquet": bytes(data)})
-    _unreadable(list(hub.iter_hf_documents(URL)), "acme/code/train.parquet")
+    _unreadable(list(_hf_docs(URL)), "acme/code/train.parquet")
 
 
 def test_not_cached_offline(cache):
     with pytest.raises(ValueError) as e:
-        list(hub.iter_hf_documents("hf://datasets/acme/missing"))
+        list(_hf_docs("hf://datasets/acme/missing"))
     msg = str(e.value)
     assert msg == (f"hf://datasets/acme/missing: dataset acme/missing is not in the Hugging Face "
                    f"cache ({cache}) and HF_HUB_OFFLINE is set; unset it to download")
@@ -283,11 +288,11 @@ def test_not_cached_offline(cache):
 
 def test_revision_resolves_through_refs(cache):
     add_repo(cache, {"train.parquet": _parquet_bytes(VALID)}, commit="b" * 40, ref="v1")
-    assert list(hub.iter_hf_documents(URL + "@v1")) == [("acme/code/train.parquet:1", "v = 0\n")]
-    assert list(hub.iter_hf_documents(URL + "@" + "b" * 40)) == [
+    assert list(_hf_docs(URL + "@v1")) == [("acme/code/train.parquet:1", "v = 0\n")]
+    assert list(_hf_docs(URL + "@" + "b" * 40)) == [
         ("acme/code/train.parquet:1", "v = 0\n")]
     with pytest.raises(ValueError, match="not in the Hugging Face cache"):
-        list(hub.iter_hf_documents(URL))  # no refs/main
+        list(_hf_docs(URL))  # no refs/main
 
 
 def test_iter_documents_mixes_hub_and_local(dataset, tmp_path):
@@ -326,8 +331,8 @@ def test_each_file_is_requested_once_and_listed_once_per_run(dataset, monkeypatc
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
-    first = list(hub.iter_hf_documents(URL))
-    second = list(hub.iter_hf_documents(URL))
+    first = list(_hf_docs(URL))
+    second = list(_hf_docs(URL))
     assert first == second and len(first) == 3
     once = [(REPO, "data/train-00000-of-00002.parquet", "dataset", None, True),
             (REPO, "data/train-00001-of-00002.parquet", "dataset", None, True)]
@@ -354,7 +359,7 @@ def test_online_lists_with_the_api_and_downloads_each_file(tmp_path, monkeypatch
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    docs = list(hub.iter_hf_documents(URL + "@v2"))
+    docs = list(_hf_docs(URL + "@v2"))
     assert docs == [("pkg/b.py", "b = 0\n"), ("pkg/b.py", "b = 0\n")]
     assert calls == [("list", REPO, "dataset", "v2"),
                      ("get", "train/0.parquet", "v2", False),
