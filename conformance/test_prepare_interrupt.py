@@ -64,3 +64,51 @@ def test_an_interrupted_prepare_leaves_no_build_folder(tmp_path, monkeypatch, ho
         seen_build  # the interrupt came while a build folder with shards existed
     assert sorted(p.name for p in tmp_path.iterdir()) == listing_before  # nothing left
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old data intact
+
+
+@pytest.mark.req("DATA-04", "RUN-07")
+def test_a_rerun_after_an_interrupt_resumes_without_redoing_finished_chunks(tmp_path,
+                                                                          monkeypatch):
+    import pythoncoder.data.prepare as prep
+    import pythoncoder.data.sources as sources_lib
+    from pythoncoder.data.tokenizer import cache_dir
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(600):  # three chunks of at most 256 documents
+        (src / f"m{i:03d}.py").write_text(f"def f{i}(a):\n    return a * {i} + {i * 7}\n")
+    chunks = cache_dir() / "prepare-chunks"
+    entries = lambda: set(chunks.glob("*.pkl")) if chunks.is_dir() else set()  # noqa: E731
+    before = entries()
+    real = sources_lib.iter_documents
+
+    def interrupted(*a, **kw):
+        for n, doc in enumerate(real(*a, **kw)):
+            if n == 520:  # two chunks (512 documents) finished
+                raise KeyboardInterrupt
+            yield doc
+
+    kw = dict(seq_len=16, val_fraction=0.1, num_workers=1, progress=False)
+    monkeypatch.setattr(sources_lib, "iter_documents", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare([src], tmp_path / "data", **kw)
+    assert len(entries() - before) == 2 and not (tmp_path / "data").exists()
+    monkeypatch.setattr(sources_lib, "iter_documents", real)
+
+    calls = {"analyze": 0, "encode": 0}
+
+    def counted(name, fn):
+        def wrapper(chunk):
+            calls[name] += len(chunk)
+            return fn(chunk)
+        return wrapper
+
+    monkeypatch.setattr(prep, "_analyze", counted("analyze", prep._analyze))
+    monkeypatch.setattr(prep, "_encode_only", counted("encode", prep._encode_only))
+    resumed = prep.prepare([src], tmp_path / "data", **kw)
+    assert calls == {"analyze": 600 - 512, "encode": 600 - 512}
+    assert resumed["stats"]["chunks_resumed"] == 2
+    assert entries() == before  # the entries it used are gone once it completed
+    fresh = prep.prepare([src], tmp_path / "fresh", **kw)
+    assert calls["analyze"] == 600 + 88 and fresh["stats"]["chunks_resumed"] == 0
+    assert resumed["splits"] == fresh["splits"]  # every shard's sha256 among them

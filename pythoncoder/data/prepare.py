@@ -27,8 +27,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import multiprocessing
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -55,6 +57,7 @@ from pythoncoder.data.tokenizer import (
     load_tokenizer,
     tokenizer_fingerprint,
 )
+from pythoncoder.utils.files import atomic_write
 
 DEFAULT_SEQ_LEN = 2048
 DEFAULT_VAL_FRACTION = 0.01
@@ -237,17 +240,77 @@ def _pool(num_workers: int, initargs: tuple):
     return ctx.Pool(num_workers, initializer=_init_worker, initargs=initargs)
 
 
+class ChunkCache:
+    """Finished chunks' worker results (stage verdicts, token ids), content-addressed, so a
+    ``prepare`` run again after an interruption analyses and tokenizes only the chunks it
+    had not finished.  A chunk's key hashes the settings (``salt``: cleaning, tokenizer) and
+    its documents' keys and texts; an entry is written whole (a temporary file renamed) or
+    not at all, and a run that completes deletes the entries it used.  Lives in the user
+    cache (``$PYTHONCODER_CACHE/prepare-chunks``), not beside ``--out``, so an interrupted
+    run still leaves nothing there (RUN-07)."""
+
+    def __init__(self, root: Path, salt: str) -> None:
+        self.root, self.salt = Path(root), salt.encode("utf-8")
+        self.used: list[Path] = []
+        self.hits = 0
+
+    def key(self, chunk: list[tuple[str, str]]) -> str:
+        h = hashlib.sha256(self.salt)
+        for key, text in chunk:
+            h.update(key.encode("utf-8") + b"\0")
+            h.update(hashlib.sha256(text.encode("utf-8")).digest())
+        return h.hexdigest()
+
+    def load(self, key: str) -> tuple[list, dict[int, np.ndarray]] | None:
+        path = self.root / f"{key}.pkl"
+        self.used.append(path)
+        try:
+            with open(path, "rb") as f:
+                verdicts, ids = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError):
+            return None
+        self.hits += 1
+        return verdicts, ids
+
+    def store(self, key: str, verdicts: list, ids: dict[int, np.ndarray]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                pickle.dump((verdicts, ids), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+        atomic_write(self.root / f"{key}.pkl", write)
+
+    def clear(self) -> None:
+        for path in self.used:
+            path.unlink(missing_ok=True)
+
+
 def _run_stages(chunks: Iterable[list[tuple[str, str]]], decide, num_workers: int,
-                initargs: tuple) -> Iterator[tuple[list[tuple[str, str]], list[np.ndarray]]]:
+                initargs: tuple, cache: ChunkCache,
+                ) -> Iterator[tuple[list[tuple[str, str]], list[np.ndarray]]]:
     """Each chunk analysed by the workers (stages 3-5), judged in order by ``decide(chunk,
-    verdicts) -> kept documents`` in this process, the kept ones tokenized by the workers:
-    ``(kept, ids)`` in input order, with a bounded number of tasks in flight."""
+    verdicts) -> positions kept`` in this process, the kept documents tokenized by the
+    workers: ``(kept, ids)`` in input order, with a bounded number of tasks in flight.
+    Chunks ``cache`` holds are neither analysed nor tokenized again (a kept document it
+    lacks the ids of is); finished chunks are stored in it."""
+
+    def finish(chunk, key, verdicts, hit, kept_at, cached, missing, new_ids):
+        ids = {**cached, **dict(zip(missing, new_ids))}
+        if hit is None or missing:
+            cache.store(key, verdicts, ids)
+        return [chunk[i] for i in kept_at], [ids[i] for i in kept_at]
+
     if num_workers <= 1:
         _init_worker(initargs[0], True, *initargs[2:])  # in this process
         for chunk in chunks:
-            kept = decide(chunk, _analyze(chunk))
+            key = cache.key(chunk)
+            hit = cache.load(key)
+            verdicts, cached = hit if hit is not None else (_analyze(chunk), {})
+            kept_at = decide(chunk, verdicts)
+            missing = [i for i in kept_at if i not in cached]
+            new = _encode_only([chunk[i] for i in missing]) if missing else []
+            kept, ids = finish(chunk, key, verdicts, hit, kept_at, cached, missing, new)
             if kept:
-                yield kept, _encode_only(kept)
+                yield kept, ids
         return
     limit = 2 * num_workers + 1
     with _pool(num_workers, initargs) as pool:
@@ -255,23 +318,35 @@ def _run_stages(chunks: Iterable[list[tuple[str, str]]], decide, num_workers: in
         encoding: deque = deque()
 
         def judge_first() -> None:
-            chunk, result = analysing.popleft()
-            kept = decide(chunk, result.get())
-            if kept:
-                encoding.append((kept, pool.apply_async(_encode_only, (kept,))))
+            chunk, key, hit, result = analysing.popleft()
+            verdicts, cached = hit if hit is not None else (result.get(), {})
+            kept_at = decide(chunk, verdicts)
+            missing = [i for i in kept_at if i not in cached]
+            pending = (pool.apply_async(_encode_only, ([chunk[i] for i in missing],))
+                       if missing else None)
+            encoding.append((chunk, key, verdicts, hit, kept_at, cached, missing, pending))
+
+        def encoded_first():
+            *head, pending = encoding.popleft()
+            return finish(*head, pending.get() if pending is not None else [])
 
         for chunk in chunks:
-            analysing.append((chunk, pool.apply_async(_analyze, (chunk,))))
+            key = cache.key(chunk)
+            hit = cache.load(key)
+            result = pool.apply_async(_analyze, (chunk,)) if hit is None else None
+            analysing.append((chunk, key, hit, result))
             if len(analysing) >= limit:
                 judge_first()
             while len(encoding) >= limit:
-                kept, result = encoding.popleft()
-                yield kept, result.get()
+                kept, ids = encoded_first()
+                if kept:
+                    yield kept, ids
         while analysing:
             judge_first()
         while encoding:
-            kept, result = encoding.popleft()
-            yield kept, result.get()
+            kept, ids = encoded_first()
+            if kept:
+                yield kept, ids
 
 
 def _start_method() -> str:
@@ -436,16 +511,20 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
                 if text is not None:
                     yield key, text
 
-        def judge(chunk, verdicts) -> list[tuple[str, str]]:
-            return [doc for doc, v in zip(chunk, verdicts) if decide.keep(doc[0], v)]
+        def judge(chunk, verdicts) -> list[int]:
+            return [i for i, (doc, v) in enumerate(zip(chunk, verdicts))
+                    if decide.keep(doc[0], v)]
 
         bar = tqdm(total=sources_lib.count_documents(list(sources), max_files), unit="file",
                    desc="prepare", disable=not progress, dynamic_ncols=True)
         tokens = 0
         initargs = (tok.to_str(), False, fast, cleaning, benchmarks)
+        cache = ChunkCache(cache_dir() / "prepare-chunks", json.dumps(
+            [cleaning.fingerprint(), [b.sha256 for b in benchmarks],
+             tokenizer_fingerprint(tok), fast]))
         with bar:
             for kept, encoded in _run_stages(_chunks(admitted()), judge, num_workers,
-                                             initargs):
+                                             initargs, cache):
                 for (key, _), ids in zip(kept, encoded):
                     packers[split_of(key, val_fraction)].add(ids)
                     tokens += len(ids)
@@ -455,6 +534,10 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
             bar.update(ledger.counts["read"]["documents_in"] - bar.n)
 
     splits = {name: packer.finish() for name, packer in packers.items()}
+    cache.clear()
+    if cache.hits and progress:
+        print(f"prepare: {cache.hits} chunk(s) of an interrupted run reused, not analysed "
+              "or tokenized again", file=sys.stderr)
     elapsed = time.perf_counter() - start
     report = ledger.report()
     seen = report["read"]["documents_in"]
@@ -496,6 +579,7 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
             "seconds": round(elapsed, 3),
             "tokens_per_second": round(tokens / elapsed) if elapsed > 0 else None,
             "num_workers": num_workers,
+            "chunks_resumed": cache.hits,
         },
         "splits": splits,
     }
