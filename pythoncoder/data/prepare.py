@@ -496,6 +496,7 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
 
     start = time.perf_counter()
     tok = load_tokenizer(tokenizer_path)
+    tok_sha256 = tokenizer_fingerprint(tok)
     num_workers = default_num_workers() if num_workers is None else max(1, num_workers)
     shard_rows = max(1, shard_tokens // (seq_len + 1))
     packers = {s: _Packer(out_dir, s, seq_len, shard_rows) for s in shards_lib.SPLITS}
@@ -521,7 +522,7 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
         initargs = (tok.to_str(), False, fast, cleaning, benchmarks)
         cache = ChunkCache(cache_dir() / "prepare-chunks", json.dumps(
             [cleaning.fingerprint(), [b.sha256 for b in benchmarks],
-             tokenizer_fingerprint(tok), fast]))
+             tok_sha256, fast]))
         with bar:
             for kept, encoded in _run_stages(_chunks(admitted()), judge, num_workers,
                                              initargs, cache):
@@ -554,7 +555,7 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
             "(give more data or a smaller --seq-len)")
     manifest = {
         "format": shards_lib.FORMAT,
-        "tokenizer_sha256": tokenizer_fingerprint(tok),
+        "tokenizer_sha256": tok_sha256,
         "vocab_size": NUM_TOKENS,
         "eos_id": EOS_ID,
         "seq_len": seq_len,
