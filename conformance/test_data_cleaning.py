@@ -147,7 +147,7 @@ def test_syntax_and_size():
 
 
 @pytest.mark.req("DATA-05", "DATA-04")
-def test_quality_options_reach_prepare_and_are_recorded(tmp_path):
+def test_quality_options_reach_prepare_and_are_recorded(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     (src / "wide.py").write_text(BODY + "w = [" + "1, " * 150 + "]\n")  # a 455-char line
@@ -155,6 +155,9 @@ def test_quality_options_reach_prepare_and_are_recorded(tmp_path):
     out = tmp_path / "out"
     assert cli_main(["prepare", str(src), "--out", str(out), "--seq-len", str(SEQ),
                      "--max-line-length", "400", "--no-progress", "--workers", "1"]) == 0
+    assert ("kept after each stage: read 2, exact_dedup 2, quality 1, near_dedup 1, "
+            "decontamination 1; every removal, with its reason, in removed.jsonl"
+            ) in capsys.readouterr().out
     m = shards.read_manifest(out)
     assert m["filter"]["quality"]["max_line_length"] == 400
     assert m["stages"]["quality"]["dropped"]["long_line"] == 1

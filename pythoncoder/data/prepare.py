@@ -601,6 +601,11 @@ def summary(manifest: dict[str, Any]) -> str:
         f"tokens: {st['document_tokens']:,} in {st['seconds']:.1f}s "
         f"({st['tokens_per_second'] or 0:,} tokens/s, {st['num_workers']} processes)",
     ]
+    if "stages" in manifest:  # manifests written before the cleaning stages have none
+        kept = ", ".join(f"{stage} {manifest['stages'][stage]['documents_kept']}"
+                         for stage in stages_lib.STAGES if stage in manifest["stages"])
+        lines.append(f"kept after each stage: {kept}; every removal, with its reason, in "
+                     f"{manifest['audit']}")
     for name, sp in manifest["splits"].items():
         lines.append(f"{name}: {sp['documents']} documents, {sp['rows']} rows of "
                      f"{manifest['row_len']} tokens in {len(sp['shards'])} shard(s), "

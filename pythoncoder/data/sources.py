@@ -25,7 +25,6 @@ HF_SCHEME = "hf://"
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git"}
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Unreadable:
     """A document that could not be read (an I/O error, a broken Parquet file):
