@@ -95,7 +95,7 @@ def test_a_rerun_after_an_interrupt_resumes_without_redoing_finished_chunks(tmp_
     assert len(entries() - before) == 2 and not (tmp_path / "data").exists()
     monkeypatch.setattr(sources_lib, "iter_documents", real)
 
-    calls = {"analyze": 0, "encode": 0}
+    calls = {"analyze": 0, "finish": 0}
 
     def counted(name, fn):
         def wrapper(chunk):
@@ -104,9 +104,9 @@ def test_a_rerun_after_an_interrupt_resumes_without_redoing_finished_chunks(tmp_
         return wrapper
 
     monkeypatch.setattr(prep, "_analyze", counted("analyze", prep._analyze))
-    monkeypatch.setattr(prep, "_encode_only", counted("encode", prep._encode_only))
+    monkeypatch.setattr(prep, "_finish", counted("finish", prep._finish))
     resumed = prep.prepare([src], tmp_path / "data", **kw)
-    assert calls == {"analyze": 600 - 512, "encode": 600 - 512}
+    assert calls == {"analyze": 600 - 512, "finish": 600 - 512}
     assert resumed["stats"]["chunks_resumed"] == 2
     assert entries() == before  # the entries it used are gone once it completed
     fresh = prep.prepare([src], tmp_path / "fresh", **kw)

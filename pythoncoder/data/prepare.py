@@ -126,9 +126,18 @@ def _encode_eos(texts: list[str]) -> list[np.ndarray]:
 
 
 def _analyze(chunk: list[tuple[str, str]]) -> list[stages_lib.Verdict]:
-    """Stages 3-5's findings on each document (:class:`stages.Analyzer`)."""
+    """Stages 3-4's findings on each document (:class:`stages.Analyzer`)."""
     assert _WORKER_ANALYZER is not None
     return [_WORKER_ANALYZER(key, text) for key, text in chunk]
+
+
+def _finish(docs: list[tuple[str, str]]) -> list[tuple[Any, np.ndarray | None]]:
+    """Stage 5's finding on each near-dedup survivor, and its token ids unless it is
+    contaminated (``(match, None)``)."""
+    assert _WORKER_ANALYZER is not None
+    found = [_WORKER_ANALYZER.contamination(text) for _, text in docs]
+    ids = iter(_encode_eos([text for (_, text), m in zip(docs, found) if m is None]))
+    return [(m, None if m is not None else next(ids)) for m in found]
 
 
 def _encode_only(chunk: list[tuple[str, str]]) -> list[np.ndarray]:
@@ -241,7 +250,7 @@ def _pool(num_workers: int, initargs: tuple):
 
 
 class ChunkCache:
-    """Finished chunks' worker results (stage verdicts, token ids), content-addressed, so a
+    """Finished chunks' worker results (stage findings, token ids), content-addressed, so a
     ``prepare`` run again after an interruption analyses and tokenizes only the chunks it
     had not finished.  A chunk's key hashes the settings (``salt``: cleaning, tokenizer) and
     its documents' keys and texts; an entry is written whole (a temporary file renamed) or
@@ -261,7 +270,7 @@ class ChunkCache:
             h.update(hashlib.sha256(text.encode("utf-8")).digest())
         return h.hexdigest()
 
-    def load(self, key: str) -> tuple[list, dict[int, np.ndarray]] | None:
+    def load(self, key: str) -> tuple[list, dict[int, tuple]] | None:
         path = self.root / f"{key}.pkl"
         self.used.append(path)
         try:
@@ -272,7 +281,7 @@ class ChunkCache:
         self.hits += 1
         return verdicts, ids
 
-    def store(self, key: str, verdicts: list, ids: dict[int, np.ndarray]) -> None:
+    def store(self, key: str, verdicts: list, ids: dict[int, tuple]) -> None:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 pickle.dump((verdicts, ids), f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -287,17 +296,23 @@ class ChunkCache:
 def _run_stages(chunks: Iterable[list[tuple[str, str]]], decide, num_workers: int,
                 initargs: tuple, cache: ChunkCache,
                 ) -> Iterator[tuple[list[tuple[str, str]], list[np.ndarray]]]:
-    """Each chunk analysed by the workers (stages 3-5), judged in order by ``decide(chunk,
-    verdicts) -> positions kept`` in this process, the kept documents tokenized by the
-    workers: ``(kept, ids)`` in input order, with a bounded number of tasks in flight.
-    Chunks ``cache`` holds are neither analysed nor tokenized again (a kept document it
-    lacks the ids of is); finished chunks are stored in it."""
+    """Each chunk analysed by the workers (stages 3-4: :func:`_analyze`), judged in order by
+    ``decide.passes_near_dedup`` in this process; the survivors checked for benchmark
+    copies and tokenized by the workers (:func:`_finish`), judged by ``decide.clean``:
+    ``(kept, ids)`` in input order, with a bounded number of tasks in flight.  Chunks
+    ``cache`` holds are not analysed again, nor are their survivors it has findings for;
+    finished chunks are stored in it."""
 
-    def finish(chunk, key, verdicts, hit, kept_at, cached, missing, new_ids):
-        ids = {**cached, **dict(zip(missing, new_ids))}
+    def survivors(chunk, verdicts) -> list[int]:
+        return [i for i, ((key, _), v) in enumerate(zip(chunk, verdicts))
+                if decide.passes_near_dedup(key, v)]
+
+    def finish(chunk, key, verdicts, hit, at, cached, missing, new):
+        found = {**cached, **dict(zip(missing, new))}
         if hit is None or missing:
-            cache.store(key, verdicts, ids)
-        return [chunk[i] for i in kept_at], [ids[i] for i in kept_at]
+            cache.store(key, verdicts, found)
+        kept = [i for i in at if decide.clean(chunk[i][0], verdicts[i].nbytes, found[i][0])]
+        return [chunk[i] for i in kept], [found[i][1] for i in kept]
 
     if num_workers <= 1:
         _init_worker(initargs[0], True, *initargs[2:])  # in this process
@@ -305,29 +320,29 @@ def _run_stages(chunks: Iterable[list[tuple[str, str]]], decide, num_workers: in
             key = cache.key(chunk)
             hit = cache.load(key)
             verdicts, cached = hit if hit is not None else (_analyze(chunk), {})
-            kept_at = decide(chunk, verdicts)
-            missing = [i for i in kept_at if i not in cached]
-            new = _encode_only([chunk[i] for i in missing]) if missing else []
-            kept, ids = finish(chunk, key, verdicts, hit, kept_at, cached, missing, new)
+            at = survivors(chunk, verdicts)
+            missing = [i for i in at if i not in cached]
+            new = _finish([chunk[i] for i in missing]) if missing else []
+            kept, ids = finish(chunk, key, verdicts, hit, at, cached, missing, new)
             if kept:
                 yield kept, ids
         return
     limit = 2 * num_workers + 1
     with _pool(num_workers, initargs) as pool:
         analysing: deque = deque()
-        encoding: deque = deque()
+        finishing: deque = deque()
 
         def judge_first() -> None:
             chunk, key, hit, result = analysing.popleft()
             verdicts, cached = hit if hit is not None else (result.get(), {})
-            kept_at = decide(chunk, verdicts)
-            missing = [i for i in kept_at if i not in cached]
-            pending = (pool.apply_async(_encode_only, ([chunk[i] for i in missing],))
+            at = survivors(chunk, verdicts)
+            missing = [i for i in at if i not in cached]
+            pending = (pool.apply_async(_finish, ([chunk[i] for i in missing],))
                        if missing else None)
-            encoding.append((chunk, key, verdicts, hit, kept_at, cached, missing, pending))
+            finishing.append((chunk, key, verdicts, hit, at, cached, missing, pending))
 
-        def encoded_first():
-            *head, pending = encoding.popleft()
+        def finished_first():
+            *head, pending = finishing.popleft()
             return finish(*head, pending.get() if pending is not None else [])
 
         for chunk in chunks:
@@ -337,14 +352,14 @@ def _run_stages(chunks: Iterable[list[tuple[str, str]]], decide, num_workers: in
             analysing.append((chunk, key, hit, result))
             if len(analysing) >= limit:
                 judge_first()
-            while len(encoding) >= limit:
-                kept, ids = encoded_first()
+            while len(finishing) >= limit:
+                kept, ids = finished_first()
                 if kept:
                     yield kept, ids
         while analysing:
             judge_first()
-        while encoding:
-            kept, ids = encoded_first()
+        while finishing:
+            kept, ids = finished_first()
             if kept:
                 yield kept, ids
 
@@ -512,10 +527,6 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
                 if text is not None:
                     yield key, text
 
-        def judge(chunk, verdicts) -> list[int]:
-            return [i for i, (doc, v) in enumerate(zip(chunk, verdicts))
-                    if decide.keep(doc[0], v)]
-
         bar = tqdm(total=sources_lib.count_documents(list(sources), max_files), unit="file",
                    desc="prepare", disable=not progress, dynamic_ncols=True)
         tokens = 0
@@ -524,7 +535,7 @@ def _prepare_into(out_dir: Path, sources, *, seq_len, val_fraction, num_workers,
             [cleaning.fingerprint(), [b.sha256 for b in benchmarks],
              tok_sha256, fast]))
         with bar:
-            for kept, encoded in _run_stages(_chunks(admitted()), judge, num_workers,
+            for kept, encoded in _run_stages(_chunks(admitted()), decide, num_workers,
                                              initargs, cache):
                 for (key, _), ids in zip(kept, encoded):
                     packers[split_of(key, val_fraction)].add(ids)

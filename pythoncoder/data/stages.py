@@ -7,9 +7,10 @@
 4. ``near_dedup``: :mod:`pythoncoder.data.neardup`, the first file of a cluster kept;
 5. ``decontamination``: :mod:`pythoncoder.data.decontam`.
 
-Stages 1, 2 and the decisions of 4 run in the main process in input order, so the result
-does not depend on the number of workers; the per-document work of 3, 4 (the MinHash) and 5
-runs in the worker processes.  Each stage counts documents and bytes in, dropped (by
+Stages 1, 2 and every decision run in the main process in input order, so the result does
+not depend on the number of workers; the per-document work of 3 and 4 (the MinHash) runs in
+the worker processes, and that of 5 too, on the near-dedup survivors only, with their
+tokenization.  Each stage counts documents and bytes in, dropped (by
 reason) and kept; every dropped document is a line of the audit file ``removed.jsonl``:
 ``{"key", "stage", "reason", "bytes", "match", "method", "score"}`` (``match``: the kept
 file a duplicate copies, or the benchmark item, e.g. ``humaneval:HumanEval/12``).
@@ -41,7 +42,7 @@ REASONS = {
 }
 ALL_REASONS = tuple(r for s in STAGES for r in REASONS[s])
 AUDIT_FILE = "removed.jsonl"
-STAGES_VERSION = 1  # bump when a stage's behaviour changes, so cached datasets are remade
+STAGES_VERSION = 2  # bump when a stage's behaviour changes, so cached datasets are remade
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,16 +167,16 @@ class ReadAndExact:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """A worker's findings on one document (stages 3-5)."""
+    """A worker's findings on one document for stages 3 and 4."""
 
     nbytes: int  # of the UTF-8 text
     quality: str | None
     sketch: Any  # rensa.RMinHash | None
-    contamination: decontam_lib.Match | None
 
 
 class Analyzer:
-    """Stages 3-5's per-document work, built once per worker process."""
+    """The per-document work of stages 3-5, built once per worker process: ``__call__``
+    (quality, MinHash) on every document, ``contamination`` on the near-dedup survivors."""
 
     def __init__(self, cleaning: Cleaning, benchmarks: tuple[decontam_lib.Benchmark, ...]
                  ) -> None:
@@ -187,11 +188,12 @@ class Analyzer:
         nbytes = len(text.encode("utf-8"))
         reason = quality_lib.check(text, self.cleaning.quality, key)
         if reason is not None:
-            return Verdict(nbytes, reason, None, None)
+            return Verdict(nbytes, reason, None)
         near = self.cleaning.near_dedup
-        mh = neardup_lib.sketch(text, near) if near is not None else None
-        found = self.decontaminator.find(text) if self.decontaminator is not None else None
-        return Verdict(nbytes, None, mh, found)
+        return Verdict(nbytes, None, neardup_lib.sketch(text, near) if near else None)
+
+    def contamination(self, text: str) -> decontam_lib.Match | None:
+        return self.decontaminator.find(text) if self.decontaminator is not None else None
 
 
 class Decide:
@@ -202,7 +204,8 @@ class Decide:
         self.near = (neardup_lib.NearDedup(cleaning.near_dedup)
                      if cleaning.near_dedup is not None else None)
 
-    def keep(self, key: str, verdict: Verdict) -> bool:
+    def passes_near_dedup(self, key: str, verdict: Verdict) -> bool:
+        """Stages 3 and 4."""
         led = self.ledger
         nbytes = verdict.nbytes
         led.enter("quality", nbytes)
@@ -216,8 +219,12 @@ class Decide:
                 led.drop("near_dedup", key, "near_duplicate", nbytes, match=found[0],
                          method="minhash", score=round(found[1], 4))
                 return False
+        return True
+
+    def clean(self, key: str, nbytes: int, m: decontam_lib.Match | None) -> bool:
+        """Stage 5, for a document that passed stages 3 and 4."""
+        led = self.ledger
         led.enter("decontamination", nbytes)
-        m = verdict.contamination
         if m is not None:
             led.drop("decontamination", key, "benchmark", nbytes, match=m.item,
                      method=m.method, score=m.score)

@@ -159,7 +159,8 @@ def estimate_hours(rows: list[dict], tokens: float, bytes_per_token: float,
     """Hours ``prepare`` would take to produce ``tokens`` on ``cores`` from the per-core
     rates of :func:`stage_throughput`: the worker stages' seconds per input byte divided
     among ``cores - 1`` workers, against the main process's serial stages on one core
-    (the slower of the two bounds the run).  ``kept_fraction``: output bytes per input
+    (the slower of the two bounds the run).  Every stage is charged the whole input: an
+    upper bound where earlier stages remove files.  ``kept_fraction``: output bytes per input
     byte (the stdlib keeps ~0.92; BigCode's near dedup removed ~0.47 of one language)."""
     input_mb = tokens * bytes_per_token / kept_fraction / 1e6
     by_where = {"main": 0.0, "workers": 0.0}
