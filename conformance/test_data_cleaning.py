@@ -190,8 +190,7 @@ def test_near_dedup_defaults():
     check = check_values("DATA-06")
     assert (c.ngram, c.num_perm, c.threshold) == (check["ngram"], check["num_perm"],
                                                   check["threshold"])
-    assert neardup.shingles("a.b(c) d e f") == ["a b c d e", "b c d e f"] or sorted(
-        neardup.shingles("a.b(c) d e f")) == ["a b c d e", "b c d e f"]
+    assert sorted(neardup.shingles("a.b(c) d e f")) == ["a b c d e", "b c d e f"]
 
 
 @pytest.mark.req("DATA-06")
@@ -286,7 +285,7 @@ def test_renamed_stream_is_invariant_under_consistent_renaming(data):
     exact, abstract = decontam.ngrams(decontam.streams(code), 10)
     exact2, abstract2 = decontam.ngrams(decontam.streams(renamed), 10)
     assert abstract == abstract2 and abstract
-    assert not exact & exact2 or exact != exact2
+    assert exact != exact2  # the verbatim stream does see the new names
     # Data flow matters: swapping two uses of different names changes the stream.
     swapped = code.replace("if a + b < limit", "if a + limit < b")
     assert decontam.ngrams(decontam.streams(swapped), 10)[1] != abstract

@@ -244,12 +244,16 @@ def streams(text: str) -> Streams:
     return Streams(exact_h, base, dist)
 
 
+def _hash_rows(windows: np.ndarray) -> set[int]:
+    """One hash per row of token values (a linear hash, wrapping in uint64)."""
+    with np.errstate(over="ignore"):
+        return set((windows * _POW[:windows.shape[1]]).sum(axis=1, dtype=np.uint64).tolist())
+
+
 def _window_hashes(values: np.ndarray, n: int) -> set[int]:
     if len(values) < n:
         return set()
-    windows = np.lib.stride_tricks.sliding_window_view(values, n)
-    with np.errstate(over="ignore"):
-        return set((windows * _POW[:n]).sum(axis=1, dtype=np.uint64).tolist())
+    return _hash_rows(np.lib.stride_tricks.sliding_window_view(values, n))
 
 
 def ngrams(s: Streams, n: int) -> tuple[set[int], set[int]]:
@@ -264,10 +268,7 @@ def ngrams(s: Streams, n: int) -> tuple[set[int], set[int]]:
     dist = np.lib.stride_tricks.sliding_window_view(s.dist, n)
     base = np.lib.stride_tricks.sliding_window_view(s.base, n)
     inside = np.where(dist <= np.arange(n), dist, 0)
-    values = np.where(base == 0, _PARAM[inside], base)
-    with np.errstate(over="ignore"):
-        renamed = set((values * _POW[:n]).sum(axis=1, dtype=np.uint64).tolist())
-    return exact, renamed
+    return exact, _hash_rows(np.where(base == 0, _PARAM[inside], base))
 
 
 def normalize_space(text: str) -> str:

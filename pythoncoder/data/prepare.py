@@ -61,8 +61,6 @@ from pythoncoder.utils.files import atomic_write
 
 DEFAULT_SEQ_LEN = 2048
 DEFAULT_VAL_FRACTION = 0.01
-DEFAULT_MAX_BYTES = 1_000_000
-DEFAULT_MIN_CHARS = 1
 DEFAULT_SHARD_TOKENS = 1 << 25  # 128 MiB of uint32 per shard
 _CHUNK_CHARS = 1 << 19  # text per worker task
 _CHUNK_DOCS = 256
