@@ -138,3 +138,51 @@ def test_chunked_ce_gradient_equals_full(make_micro):
     g_chunk = jax.grad(lambda x, w: chunked_cross_entropy(x, w, y, ones, 6), argnums=(0, 1))(x, w)
     for a, b in zip(g_full, g_chunk, strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.req("ARCH-07")
+@pytest.mark.parametrize("stats", ["xla", "pallas"])
+@pytest.mark.parametrize("n,v,chunk", [(20, 40, 64), (50, 300, 16), (37, 1000, 10)],
+                         ids=["one-chunk", "chunks", "ragged-vocab-blocks"])
+def test_chunked_ce_value_and_gradient_at_a_non_unit_cotangent(stats, n, v, chunk):
+    """Both ways of forming the rows' statistics (``xla``: fp32 logits per chunk;
+    ``pallas``: the fused kernel, interpreted here, never writing them) and the backward
+    (over vocabulary blocks, the last one partly padding) against a float64 reference: the
+    value, and the gradients of ``c * loss`` for a cotangent ``c`` that is not 1 (a
+    backward that ignored its cotangent would return the ``c = 1`` gradients), with
+    per-row weights, some zero."""
+    rng = np.random.default_rng(n + v)
+    x, w = rng.normal(size=(n, 16)), rng.normal(size=(16, v)) * 0.5
+    y = rng.integers(0, v, size=n)
+    wt = rng.integers(0, 3, size=n).astype(np.float64)
+    c = 0.37
+
+    def ref(x, w):
+        logits = x @ w
+        top = logits.max(1, keepdims=True)
+        lse = np.log(np.exp(logits - top).sum(1)) + top[:, 0]
+        p = np.exp(logits - lse[:, None])
+        d = (p - np.eye(v)[y]) * wt[:, None] * c
+        return ((lse - logits[np.arange(n), y]) * wt).sum(), d @ w.T, x.T @ d
+
+    want, dx, dw = ref(x, w)
+
+    def loss(x, w):
+        return chunked_cross_entropy(x, w, jnp.asarray(y), jnp.asarray(wt, jnp.float32), chunk,
+                                     stats=stats)
+
+    args = (jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    np.testing.assert_allclose(float(loss(*args)), want, rtol=1e-5, atol=1e-4)
+    gx, gw = jax.grad(lambda x, w: c * loss(x, w), argnums=(0, 1))(*args)
+    np.testing.assert_allclose(np.asarray(gx), dx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gw), dw, rtol=1e-4, atol=1e-5)
+    # control: the unit-cotangent gradient is a different answer
+    assert not np.allclose(dx / c, dx, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.req("ARCH-07")
+def test_chunked_ce_rejects_an_unknown_statistics_path():
+    x = jnp.zeros((4, 8), jnp.float32)
+    with pytest.raises(ValueError, match="stats must be"):
+        chunked_cross_entropy(x, jnp.zeros((8, 16)), jnp.zeros(4, jnp.int32), jnp.ones(4), 4,
+                              stats="cuda")

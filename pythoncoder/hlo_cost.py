@@ -37,8 +37,8 @@ _HLO_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64":
               "int32": "s32", "int8": "s8", "uint32": "u32", "bool": "pred"}
 _NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
                 "call", "conditional", "after-all", "partition-id", "replica-id",
-                "opt-barrier", "async-done", "copy-done"}
-_KERNEL_NAME = re.compile(r"(diff_attention_\w+)")
+                "opt-barrier", "async-done", "copy-done", "slice-done"}
+_KERNEL_NAME = re.compile(r"(diff_attention_\w+|ce_stats)")
 
 # (pallas_call name, result shapes) -> (flops, transcendentals, bytes), from trace time
 _KERNEL_COSTS: dict[tuple[str, str], tuple[float, float, float]] = {}
@@ -57,9 +57,13 @@ def record_kernel_cost(name: str, out_shapes, cost) -> None:
         float(cost.flops), float(cost.transcendentals), float(cost.bytes_accessed))
 
 
+_ARRAY = re.compile(_SHAPE.pattern + r"(\{[^{}]*\})?")
+
+
 def _nbytes(type_text: str) -> int:
+    """Bytes of every array in a (tuple) type."""
     total = 0
-    for dtype, dims in _SHAPE.findall(type_text):
+    for dtype, dims, _ in _ARRAY.findall(type_text):
         n = 1
         for d in filter(None, dims.split(",")):
             n *= int(d)
@@ -67,9 +71,48 @@ def _nbytes(type_text: str) -> int:
     return total
 
 
+def _hbm_bytes(type_text: str) -> int:
+    """Bytes of the arrays of a type that live in HBM: memory space 0, i.e. no ``S(n)``
+    with n > 0 in the layout (libtpu's on-chip memories: ``S(1)`` the alternate memory its
+    memory-space assignment prefetches into, ``S(2)`` and up scalar and sync memories)."""
+    total = 0
+    for dtype, dims, layout in _ARRAY.findall(type_text):
+        space = re.search(r"S\((\d+)\)", layout)
+        if space and int(space.group(1)):
+            continue
+        total += _nbytes(f"{dtype}[{dims}]")
+    return total
+
+
+def _elements(type_text: str) -> list[str]:
+    """The top-level elements of a tuple type (the type itself if it is no tuple)."""
+    text = type_text.strip()
+    if not text.startswith("("):
+        return [text]
+    parts, depth, start = [], 0, 1
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1, "{": 1, "}": -1, "[": 1, "]": -1}.get(ch, 0)
+        if (ch == "," and depth == 1) or (depth == 0 and ch == ")"):
+            parts.append(re.sub(r"/\*index=\d+\*/", "", text[start:i]).strip())
+            start = i + 1
+            if depth == 0:
+                break
+    return [p for p in parts if p]
+
+
 def _operands(line: str) -> list[str]:
-    """The names an instruction line reads (its operand list)."""
-    return re.findall(r"%([\w.\-]+)", line.split("=", 1)[1].split("),", 1)[0])
+    """The names an instruction line reads (its operand list, after the result type and
+    the opcode)."""
+    _, rest = _split_type(line.split("=", 1)[1].strip())
+    start = rest.find("(")
+    if start < 0:
+        return []
+    depth = 0
+    for i in range(start, len(rest)):
+        depth += {"(": 1, ")": -1}.get(rest[i], 0)
+        if depth == 0:
+            return re.findall(r"%([\w.\-]+)", rest[start:i + 1])
+    return re.findall(r"%([\w.\-]+)", rest[start:])
 
 
 def _split_type(rest: str) -> tuple[str, str]:
@@ -103,6 +146,7 @@ class _Module:
                 self.comps[cur] = (self.comps[cur][0], i)
                 cur = None
         self.instrs = {c: list(self._parse(c)) for c in self.order}
+        self._user_maps: dict[str, dict[str, list]] = {}
 
     def _parse(self, comp):
         a, b = self.comps[comp]
@@ -114,39 +158,115 @@ class _Module:
             op = re.match(r"[\w\-]+", rest)
             yield m.group(1), rtype, (op.group(0) if op else ""), line
 
-    def traffic(self, line: str, rtype: str, operand_types: list[str]) -> int:
-        """HBM bytes of one instruction: operands read plus results written.  For a fusion,
-        an operand the fused code only slices counts the slices it reads, and a result
-        written in place by a dynamic-update-slice (its buffer aliased to an operand)
-        counts the update (as XLA's cost analysis does)."""
-        sizes = [_nbytes(t) for t in operand_types]
-        out = _nbytes(rtype)
-        called = re.search(r"calls=%?([\w.\-]+)", line)
-        if " fusion(" not in line or not called or called.group(1) not in self.instrs:
-            return out + sum(sizes)
-        body = self.instrs[called.group(1)]
-        params = {}
-        for name, _, op, text in body:
-            if op == "parameter":
-                params[name] = int(re.search(r"parameter\((\d+)\)", text).group(1))
-        users: dict[str, list[tuple[str, str]]] = {}
-        for _, t, op, text in body:
-            for a in _operands(text):
-                if a in params:
-                    users.setdefault(a, []).append((op, t))
-        root = next(((op, t, text) for name, t, op, text in body
+    def _users(self, comp: str) -> dict[str, list[tuple[str, str, str, str]]]:
+        """name -> the instructions of ``comp`` that read it."""
+        if comp not in self._user_maps:
+            users: dict[str, list[tuple[str, str, str, str]]] = {}
+            for instr in self.instrs[comp]:
+                for a in _operands(instr[3]):
+                    users.setdefault(a, []).append(instr)
+            self._user_maps[comp] = users
+        return self._user_maps[comp]
+
+    def _root(self, comp: str) -> str | None:
+        return next((n for n, _, _, text in self.instrs.get(comp, [])
                      if text.lstrip().startswith("ROOT")), None)
-        if root and root[0] == "dynamic-update-slice":
-            args = _operands(root[2])
-            if args and args[0] in params and len(args) > 1:
-                update = next((t for n, t, _, _ in body if n == args[1]), "")
-                sizes[params[args[0]]] = 0  # the buffer, aliased to the result
-                out = _nbytes(update)
-        for name, index in params.items():
-            use = users.get(name, [])
-            if use and index < len(sizes) and sizes[index] and all(
-                    op in ("dynamic-slice", "slice") for op, _ in use):
-                sizes[index] = min(sizes[index], sum(_nbytes(t) for _, t in use))
+
+    def _param(self, comp: str, index: int) -> str | None:
+        return next((n for n, _, op, text in self.instrs.get(comp, [])
+                     if op == "parameter" and re.search(rf"parameter\({index}\)", text)), None)
+
+    def _read(self, comp: str, name: str, full: int, depth: int = 0) -> int:
+        """Bytes of ``name`` (a fused computation's parameter, or a bitcast of one) that the
+        fused code reads: the slices where it only slices it (also inside a nested fusion,
+        as libtpu nests them), nothing where it is the buffer a dynamic-update-slice writes
+        in place, else all of it."""
+        if name == self._root(comp):
+            return full  # passed on whole to the instruction around the fusion
+        total = 0
+        for uname, utype, uop, utext in self._users(comp).get(name, []):
+            args = _operands(utext)
+            if uop in ("dynamic-slice", "slice") and args[0] == name:
+                total += _nbytes(utype)
+            elif uop == "dynamic-update-slice" and args[0] == name and name not in args[1:]:
+                continue  # the buffer written in place: only its update moves
+            elif uop == "bitcast" and depth < 8:
+                total += self._read(comp, uname, full, depth + 1)
+            elif uop == "fusion" and depth < 8:
+                nested = re.search(r"calls=%?([\w.\-]+)", utext)
+                for j, a in enumerate(args):
+                    inner = self._param(nested.group(1), j) if nested and a == name else None
+                    total += full if a == name and inner is None else (
+                        self._read(nested.group(1), inner, full, depth + 1) if inner else 0)
+            else:
+                return full
+        return min(total, full)
+
+    def _written(self, comp: str, name: str, depth: int = 0) -> int:
+        """HBM bytes a fused computation's value ``name`` writes as (part of) the fusion's
+        result: a dynamic-update-slice of a parameter's buffer (in place) writes its
+        update; a tuple, each element."""
+        instr = next((i for i in self.instrs[comp] if i[0] == name), None)
+        if instr is None:
+            return 0
+        _, rtype, op, text = instr
+        args = _operands(text)
+        if op == "tuple" and depth < 8:
+            return sum(self._written(comp, a, depth + 1) for a in args)
+        if op == "bitcast" and depth < 8:
+            return self._written(comp, args[0], depth + 1)
+        if op == "dynamic-update-slice" and len(args) > 1 and self._is_param(comp, args[0]):
+            return _nbytes(next((t for n, t, _, _ in self.instrs[comp] if n == args[1]), ""))
+        return _nbytes(rtype)
+
+    def _is_param(self, comp: str, name: str, depth: int = 0) -> bool:
+        instr = next((i for i in self.instrs[comp] if i[0] == name), None)
+        if instr is None:
+            return False
+        if instr[2] == "bitcast" and depth < 8:
+            return self._is_param(comp, _operands(instr[3])[0], depth + 1)
+        return instr[2] == "parameter"
+
+    def traffic(self, line: str, rtype: str, operand_types: list[str]) -> int:
+        """HBM bytes of one instruction: operands read plus results written, counting only
+        buffers in HBM (memory space 0: libtpu places buffers in on-chip memory, ``S(1)``
+        and up in their layouts, whose reads and writes are no HBM traffic) and what the
+        hardware moves of them:
+
+        * a fusion reads of an operand only the slices it takes (directly, through bitcasts
+          or inside a nested fusion) and writes of a buffer it updates in place
+          (dynamic-update-slice of its parameter) only the update;
+        * ``copy-start`` moves its source once, counted where it is in HBM (read) and
+          where its destination is (written); ``slice-start`` moves its slice; their
+          ``-done`` halves move nothing;
+        * a dynamic-slice reads its slice, a dynamic-update-slice writes its update."""
+        op = re.match(r"[\w\-]+", _split_type(line.split("=", 1)[1].strip())[1])
+        op = op.group(0) if op else ""
+        if op in ("copy-start", "slice-start"):
+            parts = _elements(rtype)
+            dst = parts[1] if len(parts) > 1 else rtype
+            src = operand_types[0] if operand_types else ""
+            moved = _nbytes(dst)
+            return (moved if _hbm_bytes(src) else 0) + _hbm_bytes(dst)
+        if op == "dynamic-slice":
+            src = operand_types[0] if operand_types else ""
+            return (_nbytes(rtype) if _hbm_bytes(src) else 0) + _hbm_bytes(rtype)
+        if op == "dynamic-update-slice" and len(operand_types) > 1:
+            update = operand_types[1]
+            return _hbm_bytes(update) + (_nbytes(update) if _hbm_bytes(rtype) else 0)
+        sizes = [_hbm_bytes(t) for t in operand_types]
+        out = _hbm_bytes(rtype)
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        if op != "fusion" or not called or called.group(1) not in self.instrs:
+            return out + sum(sizes)
+        comp = called.group(1)
+        for index, size in enumerate(sizes):
+            name = self._param(comp, index) if size else None
+            if name is not None:
+                sizes[index] = self._read(comp, name, size)
+        root = self._root(comp)
+        if out and root is not None:
+            out = min(out, self._written(comp, root))
         return out + sum(sizes)
 
     def _define(self, comp: str, name: str) -> str:
@@ -348,5 +468,9 @@ def analyse(text: str) -> dict[str, Any]:
         return total
 
     result = cost(mod.entry, 1)
+    # XLA's analysis counts every operand and result whole, wherever it lives; the HBM
+    # bytes are the rows' (``_Module.traffic``), each times the trips of its loops.
+    result["xla bytes accessed"] = result["bytes accessed"]
+    result["bytes accessed"] = float(sum(r["total_bytes"] for r in rows))
     rows.sort(key=lambda r: -r["total_bytes"])
     return {**result, "loops": loops, "unknown_trip_counts": unknown, "rows": rows}

@@ -8,12 +8,14 @@ logits (a custom VJP).  Loss = CE_main + mtp_weight * CE_mtp (MTP-01).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pythoncoder.model.config import target_platform
 from pythoncoder.model.transformer import PythonCoder
 from pythoncoder.model.vocab import other_log_share, to_rows
 
@@ -44,52 +46,88 @@ def _onehot(y, V):
     return jax.lax.broadcasted_iota(jnp.int32, (y.shape[0], V), 1) == y[:, None]
 
 
-@jax.custom_vjp
-def _chunked_ce(xs, w, ys, wts):
-    return _chunked_ce_fwd(xs, w, ys, wts)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _chunked_ce(xs, w, ys, wts, stats):
+    return _chunked_ce_fwd(xs, w, ys, wts, stats)[0]
 
 
-def _chunked_ce_fwd(xs, w, ys, wts):
-    """Per chunk: fp32 logits, their log-sum-exp and the target's logit.  Only the
-    log-sum-exp and the target logit (one float per row each) are kept for the backward."""
+def _chunked_ce_fwd(xs, w, ys, wts, stats):
+    """Each row's log-sum-exp and target logit, the only residuals the backward keeps
+    (one float per row each).  ``stats="pallas"``: the fused kernel (``ce_stats``), which
+    never writes the logits; ``"xla"``: per chunk, fp32 logits, then their log-sum-exp and
+    the target's logit by a one-hot sum, which the compiler fuses into the same pass over
+    the logits as the exponentials' sum (a gather would read them back once more)."""
+    k, chunk, D = xs.shape
+    if stats == "pallas":
+        from pythoncoder.model.kernels.ce_stats import ce_stats
+
+        lse, target = ce_stats(xs.reshape(k * chunk, D), w.astype(xs.dtype),
+                               ys.reshape(k * chunk), interpret=target_platform() == "cpu")
+        lse, target = lse.reshape(k, chunk), target.reshape(k, chunk)
+        return jnp.sum((lse - target) * wts), (xs, w, ys, wts, lse, target)
     wc = w.astype(xs.dtype)  # once, not per chunk
 
     def one(total, c):
         x, y, wt = c
         logits = _chunk_logits(x, wc)
         lse = jax.nn.logsumexp(logits, axis=-1)
-        target = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]  # a gather
+        target = jnp.sum(jnp.where(_onehot(y, logits.shape[1]), logits, 0.0), axis=-1)
         return total + jnp.sum((lse - target) * wt), (lse, target)
 
     total, (lse, target) = jax.lax.scan(one, jnp.zeros((), jnp.float32), (xs, ys, wts))
     return total, (xs, w, ys, wts, lse, target)
 
 
-def _chunked_ce_bwd(res, g):
-    """Per chunk, recompute the logits and form d(logits) = (softmax - onehot) * weight in
-    one pass, in the compute dtype; d(x) and d(w) are two matmuls of it (d(w) accumulated
-    over chunks in fp32).  No logit-sized gradient of the gather, no second softmax."""
+def _chunked_ce_bwd(stats, res, g):
+    """Over the vocabulary in blocks, every row at once: per block, recompute its logits
+    and form d(logits) = (softmax - onehot) * weight in one pass, in the compute dtype; the
+    block's d(w) is one matmul over all rows, written once into its columns, and d(x)
+    accumulates over the blocks in fp32.  Blocking the rows instead (the forward's chunks)
+    would add every chunk's d(w) into an fp32 vocab-wide accumulator, reading and writing
+    it once per chunk (2 x 0.93 GB per 2048-row chunk of the 1b model); a block of the
+    vocabulary holds as many logits as a chunk of rows.  No logit-sized gradient of a
+    gather, no second softmax."""
     xs, w, ys, wts, lse, target = res
+    k, chunk, D = xs.shape
+    V = w.shape[1]
+    n = k * chunk
+    x, y = xs.reshape(n, D), ys.reshape(n)
+    scale, lse_n = (wts * g).reshape(n), lse.reshape(n)
+    vb = -(-V // k)
+    vb = -(-vb // 128) * 128 if k > 1 else V  # lane-aligned blocks
+    nb = -(-V // vb)
     wc = w.astype(xs.dtype)
+    if nb * vb > V:  # the last block's columns past the vocabulary are zeros, masked below
+        wc = jnp.pad(wc, ((0, 0), (0, nb * vb - V)))
 
-    def one(dw, c):
-        x, y, wt, lse_c = c
-        logits = _chunk_logits(x, wc)
-        p = jnp.exp(logits - lse_c[:, None])
-        d = ((p - _onehot(y, logits.shape[1])) * (wt * g)[:, None]).astype(x.dtype)
-        dx = jnp.dot(d, wc.T, preferred_element_type=jnp.float32).astype(x.dtype)
-        return dw + jnp.dot(x.T, d, preferred_element_type=jnp.float32), dx
+    def one(carry, j):
+        dx, dw = carry
+        # one block (a single chunk): the whole head, so the compiler can reuse the
+        # forward's logits instead of recomputing them
+        wj = wc if nb == 1 else jax.lax.dynamic_slice_in_dim(wc, j * vb, vb, axis=1)
+        logits = _chunk_logits(x, wj)
+        cols = j * vb + jax.lax.broadcasted_iota(jnp.int32, (1, vb), 1)
+        p = jnp.exp(logits - lse_n[:, None])
+        d = jnp.where(cols < V, (p - (cols == y[:, None])) * scale[:, None], 0.0)
+        d = d.astype(x.dtype)
+        dx = dx + jnp.dot(d, wj.T, preferred_element_type=jnp.float32)
+        dwj = jnp.dot(x.T, d, preferred_element_type=jnp.float32)
+        return (dx, jax.lax.dynamic_update_slice_in_dim(dw, dwj, j * vb, axis=1)), None
 
-    dw, dxs = jax.lax.scan(one, jnp.zeros(w.shape, jnp.float32), (xs, ys, wts, lse))
-    return (dxs, dw.astype(w.dtype), np.zeros(ys.shape, jax.dtypes.float0),
-            (lse - target) * g)
+    init = (jnp.zeros((n, D), jnp.float32), jnp.zeros((D, nb * vb), jnp.float32))
+    if nb == 1:
+        (dx, dw), _ = one(init, 0)
+    else:
+        (dx, dw), _ = jax.lax.scan(one, init, jnp.arange(nb))
+    return (dx.astype(xs.dtype).reshape(k, chunk, D), dw[:, :V].astype(w.dtype),
+            np.zeros(ys.shape, jax.dtypes.float0), (lse - target) * g)
 
 
 _chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
 
 
 def chunked_cross_entropy(x_ND: jax.Array, w_DV: jax.Array, labels_N: jax.Array,
-                          weights_N: jax.Array, chunk: int) -> jax.Array:
+                          weights_N: jax.Array, chunk: int, stats: str = "auto") -> jax.Array:
     """sum_n weights[n] * CE(x[n] @ w, labels[n]) with fp32 logits, ``chunk`` rows at a time.
 
     The ``ceil(n / chunk)`` chunks are made equal (rounded up to 8 rows) rather than padding
@@ -106,9 +144,13 @@ def chunked_cross_entropy(x_ND: jax.Array, w_DV: jax.Array, labels_N: jax.Array,
         x_ND = jnp.pad(x_ND, ((0, pad), (0, 0)))
         labels_N = jnp.pad(labels_N, (0, pad))
         weights_N = jnp.pad(weights_N, (0, pad))
+    if stats == "auto":  # the fused kernel where it runs natively: TPU (ce_stats' doc)
+        stats = "pallas" if target_platform() == "tpu" else "xla"
+    if stats not in ("pallas", "xla"):
+        raise ValueError(f"stats must be 'auto', 'pallas' or 'xla', not {stats!r}")
     return _chunked_ce(x_ND.reshape(k, chunk, -1), w_DV,
                        labels_N.astype(jnp.int32).reshape(k, chunk),
-                       weights_N.astype(jnp.float32).reshape(k, chunk))
+                       weights_N.astype(jnp.float32).reshape(k, chunk), stats)
 
 
 def lm_loss(model: PythonCoder, inputs_BT: jax.Array, labels_BT: jax.Array, *,

@@ -248,9 +248,10 @@ def configure_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--accum-steps", type=int, default=8)
     p.add_argument("--remat", default="full", choices=["none", "full", "dots", "names", "auto"],
-                   help="remat policy to compile; auto compiles none, dots, full in turn and "
-                        "stops at the first within 90%% of the device memory (32 GiB for "
-                        "--topology v6e-1), as train's auto does")
+                   help="remat policy to compile; auto compiles none, dots, full and takes, of "
+                        "those within 90%% of the device memory, the smallest roofline bound "
+                        "(with --topology, or on an accelerator with datasheet peaks; else "
+                        "the first that fits), as train's auto does")
     p.add_argument("--compute-dtype", default="bfloat16",
                    choices=["auto", "float32", "bfloat16"])
     p.add_argument("--topology", default=None, choices=["v6e-1", "h100", "a100", "l4"],
@@ -278,14 +279,16 @@ def _memory_report(args: argparse.Namespace, model_cfg: ModelConfig, train_cfg,
                                  target_config=target_config)
     target = step_target(model_cfg, train_cfg, topology=topology, target_config=target_config)
     choice = choose_remat(model_cfg, train_cfg, target.tx, target.state, target.shardings,
-                          target.mesh, limit_bytes=target.limit_bytes(),
+                          target.mesh, limit_bytes=target.limit_bytes(), peaks=target.peaks(),
                           log=lambda line: print(line, file=sys.stderr))
     if choice["compiled"] is None:
         return None
     report = memory_report(choice["compiled"], model_cfg.replace(remat_policy=choice["policy"]),
                            train_cfg, target)
     report["remat_auto"] = {"budget_bytes": choice["budget_bytes"], "chosen": choice["policy"],
-                            "compiled_bytes": choice["compiled_bytes"]}
+                            "chosen_by": choice["chosen_by"],
+                            "compiled_bytes": choice["compiled_bytes"],
+                            "bound_s": choice["bound_s"]}
     return report
 
 

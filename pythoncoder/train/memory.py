@@ -90,6 +90,15 @@ class StepTarget:
         return int(targets.datasheet(self.topology,
                                      target_config=self.target_config)["hbm_bytes"])
 
+    def peaks(self) -> dict[str, Any] | None:
+        """The target's datasheet peaks (``None`` for the local backend: the chooser then
+        reads the live device's)."""
+        if not self.aot:
+            return None
+        from pythoncoder import targets
+
+        return targets.datasheet(self.topology, target_config=self.target_config)
+
 
 def step_target(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                 topology: str | None = None, target_config: str | None = None) -> StepTarget:

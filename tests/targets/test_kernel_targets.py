@@ -197,3 +197,27 @@ def test_where_no_tiling_fits_auto_takes_the_reference_and_pallas_fails():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "pallas_call" in attend(cfg, target_device("a100"))
+
+
+def test_loss_statistics_kernel_compiles_for_the_tpu_and_counts_its_declared_cost():
+    """The fused head matmul + log-sum-exp (``ce_stats``) that the loss forward runs on TPU,
+    compiled by Mosaic at one micro-step's rows of the 1b model (8 x 2048, the head's
+    151,808 columns): the step's cost counts it by its declared cost, which reads the head
+    once per row block and never the logits."""
+    from pythoncoder import hlo_cost
+    from pythoncoder.model.kernels import ce_stats as ce
+
+    device = target_device("v6e-1")
+    S = jax.ShapeDtypeStruct
+    n, d, v = 8 * T, CFG.hidden_size, CFG.model_vocab_rows
+    text = _compile(lambda x, w, y: ce.ce_stats(x, w, y), (S((n, d), BF), S((d, v), BF),
+                                                          S((n,), jnp.int32)), device).as_text()
+    assert "ce_stats" in text
+    cost = hlo_cost.analyse(text)
+    rows = [r for r in cost["rows"] if r["kind"] == "tpu_custom_call"]
+    assert len(rows) == 1
+    v_pad = -(-v // ce.BLOCK_VOCAB) * ce.BLOCK_VOCAB
+    declared = ce.cost_estimate(n, d, v_pad, block_rows=ce.BLOCK_ROWS)
+    assert rows[0]["bytes"] == declared.bytes_accessed
+    assert declared.bytes_accessed < n * v * 4  # less than the fp32 logits it never writes
+    assert declared.flops <= cost["flops"] <= 1.01 * declared.flops

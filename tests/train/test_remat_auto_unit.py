@@ -63,10 +63,12 @@ def test_choose_takes_the_first_policy_that_fits(setup, budget):
     assert list(got["compiled_bytes"]) == list(
         remat_mod.REMAT_ORDER[:remat_mod.REMAT_ORDER.index(want) + 1] if fitting
         else remat_mod.REMAT_ORDER)
+    # a CPU has no datasheet peaks: the chooser says it goes by memory alone
+    assert got["chosen_by"] == "memory" and "no datasheet peaks" in lines[0]
     if budget == "huge":
-        assert want == "none" and len(lines) == 1
+        assert want == "none" and len(lines) == 2
     if budget == "none-1":
-        assert want != "none" and "none needs" in lines[0] and "over" in lines[0]
+        assert want != "none" and "none needs" in lines[1] and "over" in lines[1]
     if budget == "tiny":
         assert "no policy fits" in lines[-1]
 
@@ -89,7 +91,7 @@ def test_a_policy_the_compiler_refuses_as_out_of_memory_is_skipped(setup, monkey
     got = remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh,
                                  budget_bytes=10 * sizes["none"], log=lines.append)
     assert got["policy"] == "dots" and got["compiled_bytes"]["none"] is None
-    assert lines[0].startswith("remat auto: none does not fit: RESOURCE_EXHAUSTED")
+    assert lines[1].startswith("remat auto: none does not fit: RESOURCE_EXHAUSTED")
 
     def broken(model_cfg, *a, **kw):
         raise RuntimeError("INTERNAL: something else")
@@ -97,6 +99,72 @@ def test_a_policy_the_compiler_refuses_as_out_of_memory_is_skipped(setup, monkey
     monkeypatch.setattr(remat_mod, "compile_step", broken)
     with pytest.raises(RuntimeError, match="INTERNAL"):
         remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh, budget_bytes=1)
+
+
+BOUNDS = {"none": 0.265, "dots": 0.2, "full": 0.158}  # s/step, an H100-like ordering
+
+
+@pytest.mark.parametrize("budget", ["huge", "dots", "full", "tiny"])
+def test_with_peaks_the_fastest_bound_that_fits_is_taken(setup, monkeypatch, budget):
+    """On a device with datasheet peaks every policy is compiled and, of those within the
+    budget, the smallest roofline bound wins, even where keeping every activation fits
+    (the H100 at 1b: ``none`` fits but moves more bytes than ``full``).  The bounds and
+    sizes are fed in, so each budget has one right answer."""
+    cfg, tcfg, tx, abstract, shardings, mesh, _ = setup
+    sizes = {"none": 9 * 2**30, "dots": 6 * 2**30, "full": 4 * 2**30}
+    monkeypatch.setattr(remat_mod, "compile_step",
+                        lambda model_cfg, *a, **kw: _FakeCompiled(sizes[model_cfg.remat_policy],
+                                                                  model_cfg.remat_policy))
+    # with budget "dots", full is made the slowest: dots, the fastest that fits, wins
+    bounds = dict(BOUNDS, full=0.3) if budget == "dots" else BOUNDS
+    monkeypatch.setattr(remat_mod, "step_bound", lambda compiled, peaks: bounds[compiled.policy])
+    budget_bytes = {"huge": 100 * 2**30, "dots": 6 * 2**30, "full": 5 * 2**30, "tiny": 1}[budget]
+    lines: list[str] = []
+    got = remat_mod.choose_remat(cfg, tcfg, tx, abstract, shardings, mesh,
+                                 budget_bytes=budget_bytes, peaks={"peak_bf16_flops": 1.0,
+                                                                   "hbm_bandwidth": 1.0},
+                                 log=lines.append)
+    fitting = [p for p in remat_mod.REMAT_ORDER if sizes[p] <= budget_bytes]
+    want = min(fitting, key=lambda p: bounds[p]) if fitting else "full"
+    assert got["policy"] == want == {"huge": "full", "dots": "dots", "full": "full",
+                                     "tiny": "full"}[budget]
+    assert got["chosen_by"] == ("bound" if fitting else "memory")
+    # every policy compiled, each one's memory and bound logged and returned
+    assert got["compiled_bytes"] == sizes
+    assert got["bound_s"] == bounds
+    for p in remat_mod.REMAT_ORDER:
+        line = next(x for x in lines if x.startswith(f"remat auto: {p} needs"))
+        assert f"bound {bounds[p]:.3f} s/step" in line
+
+
+def test_the_bound_is_the_compiled_steps_roofline(setup):
+    """``step_bound`` is max(FLOPs / peak, bytes / bandwidth) of the compiled step, as
+    ``pythoncoder.hlo_cost`` counts them: a compute peak so low that FLOPs decide, then a
+    bandwidth so low that bytes do."""
+    from pythoncoder import hlo_cost
+
+    cfg, tcfg, tx, abstract, shardings, mesh, _ = setup
+    compiled = remat_mod.compile_step(cfg.replace(remat_policy="full"), tcfg, tx, abstract,
+                                      shardings, mesh)
+    cost = hlo_cost.analyse(compiled.as_text())
+    assert cost["flops"] > 0 and cost["bytes accessed"] > 0
+    slow_math = {"peak_bf16_flops": 1.0, "hbm_bandwidth": 1e30}
+    slow_memory = {"peak_bf16_flops": 1e30, "hbm_bandwidth": 1.0}
+    np.testing.assert_allclose(remat_mod.step_bound(compiled, slow_math), cost["flops"],
+                               rtol=1e-9, atol=0)
+    np.testing.assert_allclose(remat_mod.step_bound(compiled, slow_memory),
+                               cost["bytes accessed"], rtol=1e-9, atol=0)
+
+
+def test_live_accelerators_are_matched_to_their_datasheet():
+    class Device:
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    assert remat_mod.device_peaks(Device("TPU v6 lite"))["hbm_bandwidth"] == 1.64e12
+    assert remat_mod.device_peaks(Device("NVIDIA H100 80GB HBM3"))["peak_bf16_flops"] == 989.4e12
+    assert remat_mod.device_peaks(Device("cpu")) is None
+    assert remat_mod.device_peaks(Device("NVIDIA GeForce RTX 4090")) is None
 
 
 def test_cpu_budget_is_the_hosts_available_memory_shared_by_the_mesh_devices():
@@ -228,8 +296,8 @@ def test_memory_cli_auto_reports_each_policy_it_compiled(capsys, monkeypatch):
 class _FakeCompiled:
     """A compiled step whose memory analysis reports a chosen total (all temporaries)."""
 
-    def __init__(self, total: int):
-        self.total = total
+    def __init__(self, total: int, policy: str | None = None):
+        self.total, self.policy = total, policy
 
     def memory_analysis(self):
         class Mem:
