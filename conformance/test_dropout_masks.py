@@ -1,7 +1,7 @@
 """DROP-01: every dropout site draws its own mask (issue 28).
 
 A training forward applies dropout twice per layer (attention branch, MLP branch).  The
-masks are read off each site's input and output (``nnx.Dropout`` is wrapped to hand both
+masks are read off each site's input and output (the model's ``Dropout`` is wrapped to hand both
 to the host), in the unrolled and in the scanned layer loop, and compared with what the
 requirement implies, not with the code: each keeps ``1 - p`` of its entries (within five
 binomial standard deviations), scales the kept ones by ``1 / (1 - p)``, and two masks
@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from pythoncoder.model import build_model
+from pythoncoder.model.transformer import Dropout
 
 P = 0.1
 
@@ -27,7 +28,7 @@ P = 0.1
 def record_masks(monkeypatch, model, tokens, key) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(input, output)`` of every dropout call of one training forward, in call order."""
     seen: list[tuple[np.ndarray, np.ndarray]] = []
-    real = nnx.Dropout.__call__
+    real = Dropout.__call__
 
     def spy(self, x, *a, **kw):
         y = real(self, x, *a, **kw)
@@ -35,12 +36,12 @@ def record_masks(monkeypatch, model, tokens, key) -> list[tuple[np.ndarray, np.n
                            ordered=True)
         return y
 
-    monkeypatch.setattr(nnx.Dropout, "__call__", spy)
+    monkeypatch.setattr(Dropout, "__call__", spy)
     forward = nnx.jit(lambda m, t, k: m.hidden_states(t, deterministic=False,
                                                        dropout_key=k)[0])  # traced anew
     jax.block_until_ready(forward(model, tokens, key))
     jax.effects_barrier()
-    monkeypatch.setattr(nnx.Dropout, "__call__", real)
+    monkeypatch.setattr(Dropout, "__call__", real)
     return seen
 
 

@@ -186,8 +186,8 @@ class _Module:
         total = 0
         for uname, utype, uop, utext in self._users(comp).get(name, []):
             args = _operands(utext)
-            if uop in ("dynamic-slice", "slice") and args[0] == name:
-                total += _nbytes(utype)
+            if uop in ("dynamic-slice", "slice", "gather") and args[0] == name:
+                total += _nbytes(utype)  # what it takes of the operand
             elif uop == "dynamic-update-slice" and args[0] == name and name not in args[1:]:
                 continue  # the buffer written in place: only its update moves
             elif uop == "bitcast" and depth < 8:
@@ -239,7 +239,8 @@ class _Module:
         * ``copy-start`` moves its source once, counted where it is in HBM (read) and
           where its destination is (written); ``slice-start`` moves its slice; their
           ``-done`` halves move nothing;
-        * a dynamic-slice reads its slice, a dynamic-update-slice writes its update."""
+        * a dynamic-slice reads its slice, a gather the elements it gathers, a
+          dynamic-update-slice writes its update; ``AllocateBuffer`` moves nothing."""
         op = re.match(r"[\w\-]+", _split_type(line.split("=", 1)[1].strip())[1])
         op = op.group(0) if op else ""
         if op in ("copy-start", "slice-start"):
@@ -248,6 +249,12 @@ class _Module:
             src = operand_types[0] if operand_types else ""
             moved = _nbytes(dst)
             return (moved if _hbm_bytes(src) else 0) + _hbm_bytes(dst)
+        if op == "custom-call" and 'custom_call_target="AllocateBuffer"' in line:
+            return 0  # an uninitialised buffer: nothing moves
+        if op == "gather":  # the gathered elements, not the whole operand
+            src = operand_types[0] if operand_types else ""
+            return ((_nbytes(rtype) if _hbm_bytes(src) else 0) + _hbm_bytes(rtype)
+                    + sum(_hbm_bytes(t) for t in operand_types[1:]))
         if op == "dynamic-slice":
             src = operand_types[0] if operand_types else ""
             return (_nbytes(rtype) if _hbm_bytes(src) else 0) + _hbm_bytes(rtype)

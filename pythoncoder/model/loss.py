@@ -55,8 +55,7 @@ def _chunked_ce_fwd(xs, w, ys, wts, stats):
     """Each row's log-sum-exp and target logit, the only residuals the backward keeps
     (one float per row each).  ``stats="pallas"``: the fused kernel (``ce_stats``), which
     never writes the logits; ``"xla"``: per chunk, fp32 logits, then their log-sum-exp and
-    the target's logit by a one-hot sum, which the compiler fuses into the same pass over
-    the logits as the exponentials' sum (a gather would read them back once more)."""
+    the target's logit."""
     k, chunk, D = xs.shape
     if stats == "pallas":
         from pythoncoder.model.kernels.ce_stats import ce_stats
@@ -71,7 +70,7 @@ def _chunked_ce_fwd(xs, w, ys, wts, stats):
         x, y, wt = c
         logits = _chunk_logits(x, wc)
         lse = jax.nn.logsumexp(logits, axis=-1)
-        target = jnp.sum(jnp.where(_onehot(y, logits.shape[1]), logits, 0.0), axis=-1)
+        target = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
         return total + jnp.sum((lse - target) * wt), (lse, target)
 
     total, (lse, target) = jax.lax.scan(one, jnp.zeros((), jnp.float32), (xs, ys, wts))
@@ -93,33 +92,36 @@ def _chunked_ce_bwd(stats, res, g):
     n = k * chunk
     x, y = xs.reshape(n, D), ys.reshape(n)
     scale, lse_n = (wts * g).reshape(n), lse.reshape(n)
-    vb = -(-V // k)
-    vb = -(-vb // 128) * 128 if k > 1 else V  # lane-aligned blocks
+    per_block = -(-V // k)
+    vb = min(-(-per_block // 128) * 128, V) if k > 1 else V  # lane-aligned blocks
     nb = -(-V // vb)
     wc = w.astype(xs.dtype)
-    if nb * vb > V:  # the last block's columns past the vocabulary are zeros, masked below
-        wc = jnp.pad(wc, ((0, 0), (0, nb * vb - V)))
 
-    def one(carry, j):
+    def block(carry, j):
         dx, dw = carry
+        # the last block ends at the vocabulary's end, overlapping the one before it (no
+        # padded copy of the head); a column belongs to the first block that holds it
+        start = jnp.minimum(j * vb, V - vb)
         # one block (a single chunk): the whole head, so the compiler can reuse the
         # forward's logits instead of recomputing them
-        wj = wc if nb == 1 else jax.lax.dynamic_slice_in_dim(wc, j * vb, vb, axis=1)
+        wj = wc if nb == 1 else jax.lax.dynamic_slice_in_dim(wc, start, vb, axis=1)
         logits = _chunk_logits(x, wj)
-        cols = j * vb + jax.lax.broadcasted_iota(jnp.int32, (1, vb), 1)
+        cols = start + jax.lax.broadcasted_iota(jnp.int32, (1, vb), 1)
+        mine = cols >= j * vb
         p = jnp.exp(logits - lse_n[:, None])
-        d = jnp.where(cols < V, (p - (cols == y[:, None])) * scale[:, None], 0.0)
-        d = d.astype(x.dtype)
+        d = jnp.where(mine, (p - (cols == y[:, None])) * scale[:, None], 0.0).astype(x.dtype)
         dx = dx + jnp.dot(d, wj.T, preferred_element_type=jnp.float32)
         dwj = jnp.dot(x.T, d, preferred_element_type=jnp.float32)
-        return (dx, jax.lax.dynamic_update_slice_in_dim(dw, dwj, j * vb, axis=1)), None
+        if nb > 1:  # keep the columns an earlier block wrote
+            dwj = jnp.where(mine, dwj, jax.lax.dynamic_slice_in_dim(dw, start, vb, axis=1))
+        return (dx, jax.lax.dynamic_update_slice_in_dim(dw, dwj, start, axis=1)), None
 
-    init = (jnp.zeros((n, D), jnp.float32), jnp.zeros((D, nb * vb), jnp.float32))
+    init = (jnp.zeros((n, D), jnp.float32), jnp.zeros((D, V), jnp.float32))
     if nb == 1:
-        (dx, dw), _ = one(init, 0)
+        (dx, dw), _ = block(init, 0)
     else:
-        (dx, dw), _ = jax.lax.scan(one, init, jnp.arange(nb))
-    return (dx.astype(xs.dtype).reshape(k, chunk, D), dw[:, :V].astype(w.dtype),
+        (dx, dw), _ = jax.lax.scan(block, init, jnp.arange(nb))
+    return (dx.astype(xs.dtype).reshape(k, chunk, D), dw.astype(w.dtype),
             np.zeros(ys.shape, jax.dtypes.float0), (lse - target) * g)
 
 
