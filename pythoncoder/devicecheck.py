@@ -9,8 +9,9 @@ that part only), within 8 minutes by default:
   forward and backward (``tests/devicecheck/test_kernels_on_device.py``, with a negative
   control), then the DIFF-06 / DIFF-06a conformance suites with the device as JAX's
   backend (their Pallas cases interpret, at tiles of 8), all with pytest.
-* ``train-pallas``, ``train-reference``, ``train-cudnn``: the train step's tokens/s and
-  MFU (``pythoncoder.utils.perf.train_flops_per_token`` over the datasheet peak) with the
+* ``train-pallas``, ``train-reference``, ``train-cudnn``: the train step's time, tokens/s
+  and MFU (``pythoncoder.utils.perf.train_flops_per_token`` over the datasheet peak) beside
+  the roofline bound of the same executable (``--accum-steps 8``: the design's step), with the
   fused kernel, with the reference attention, and with the attention replaced by the
   unfloored map as four cuDNN flash calls (not the model: the speed limit a fused kernel
   could reach).
@@ -116,14 +117,15 @@ def part_train(args: argparse.Namespace, impl: str) -> dict[str, Any]:
                              attention_impl="pallas" if impl == "pallas" else "reference",
                              compute_dtype="auto" if backend == "cpu" else "bfloat16")
     B, T = s["micro_batch"], s["seq_len"]
-    tcfg = TrainConfig(seq_len=T, micro_batch=B, accum_steps=1, warmup_steps=0)
+    A = args.accum_steps
+    tcfg = TrainConfig(seq_len=T, micro_batch=B, accum_steps=A, warmup_steps=0)
     model = build_model(cfg, seed=0)
     tx, _ = make_optimizer(tcfg, total_steps=1000, warmup_steps=0)
     graphdef, _ = split_model(model)
     state = init_train_state(model, tx)
     del model
     step = jax.jit(make_train_step(graphdef, tx, mtp_weight=cfg.mtp_weight), donate_argnums=0)
-    rows = np.random.default_rng(0).integers(0, min(cfg.vocab_size, 151_643), (1, B, T + 1))
+    rows = np.random.default_rng(0).integers(0, min(cfg.vocab_size, 151_643), (A, B, T + 1))
     batch = {"tokens": jnp.asarray(rows, jnp.int32)}
     key = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
@@ -138,19 +140,27 @@ def part_train(args: argparse.Namespace, impl: str) -> dict[str, Any]:
         jax.block_until_ready(m["loss"])
         times.append(time.perf_counter() - t0)
     step_s = min(times)
-    tokens = B * T
+    tokens = A * B * T
+    # the roofline bound of this very executable (what `pythoncoder memory --topology`
+    # reports for the chip without it), beside the time it took
+    from pythoncoder.train.remat import device_peaks, step_roofline
+
+    peaks = device_peaks(jax.devices()[0])
+    roofline = step_roofline(compiled, peaks) if peaks else None
     fpt = perf.train_flops_per_token(cfg, T)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else perf.nominal_peak_flops()
     tps = tokens / step_s
     stats = jax.devices()[0].memory_stats() or {}
     out = {"status": "ok", "attention": impl, "preset": cfg.name, "micro_batch": B,
-           "seq_len": T, "accum_steps": 1, "remat": args.remat,
+           "seq_len": T, "accum_steps": A, "remat": args.remat,
            "compute_dtype": jnp.dtype(cfg.dtype()).name, "compile_s": compile_s,
            "step_times_s": times, "step_s": step_s, "tokens_per_step": tokens,
            "tokens_per_s": tps, "flops_per_token": fpt, "model_flops_per_s": tps * fpt,
            "peak_flops": peak, "mfu": tps * fpt / peak if peak else None,
            "loss": float(m["loss"]), "finite": bool(m["finite"]),
-           "peak_memory_bytes": stats.get("peak_bytes_in_use")}
+           "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+           "roofline": roofline,
+           "step_over_bound": step_s / roofline["bound_s"] if roofline else None}
     if impl == "cudnn":
         out["note"] = "unfloored map, no segment masks: a speed limit, not the model"
     if backend == "cpu" and impl == "pallas":
@@ -292,7 +302,8 @@ def check_part(name: str, args, out: Path, timeout: float, env) -> dict[str, Any
     part_out.unlink(missing_ok=True)
     log = out / "logs" / f"{name}.log"
     cmd = [sys.executable, "-m", "pythoncoder.devicecheck", "--part", name,
-           "--part-out", str(part_out), "--remat", args.remat]
+           "--part-out", str(part_out), "--remat", args.remat,
+           "--accum-steps", str(args.accum_steps)]
     for flag, value in (("--preset", args.preset), ("--micro-batch", args.micro_batch),
                         ("--seq-len", args.seq_len), ("--steps", args.steps),
                         ("--peak-tflops", args.peak_tflops)):
@@ -384,20 +395,28 @@ def markdown(report: dict[str, Any]) -> str:
     trains = {n: r for n, r in parts.items() if n.startswith("train-")}
     if trains:
         lines += ["", "## Train step", "",
-                  "| attention | status | B x T | step s | tokens/s | model TFLOP/s | MFU |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| attention | status | A x B x T | step s | roofline bound s | step / bound "
+                  "| tokens/s | model TFLOP/s | MFU |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for n, r in trains.items():
             if r["status"] != "ok":
-                lines.append(f"| {n[6:]} | {r['status']} | | | | | |")
+                lines.append(f"| {n[6:]} | {r['status']} | | | | | | | |")
                 continue
             mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-            lines.append(f"| {r['attention']} | ok | {r['micro_batch']} x {r['seq_len']} | "
-                         f"{r['step_s']:.4f} | {_fmt(r['tokens_per_s'])} | "
+            roof = r.get("roofline")
+            bound = f"{roof['bound_s']:.4f} ({roof['bound']})" if roof else "-"
+            ratio = f"{r['step_over_bound']:.2f}" if r.get("step_over_bound") else "-"
+            lines.append(f"| {r['attention']} | ok | {r.get('accum_steps', 1)} x "
+                         f"{r['micro_batch']} x {r['seq_len']} | {r['step_s']:.4f} | {bound} | "
+                         f"{ratio} | {_fmt(r['tokens_per_s'])} | "
                          f"{r['model_flops_per_s'] / 1e12:.3g} | {mfu} |")
         peak = next((r["peak_flops"] for r in trains.values() if r.get("peak_flops")), None)
         lines.append("")
         lines.append(f"MFU against {_fmt(peak / 1e12) + ' TFLOP/s' if peak else 'no'} "
-                     "datasheet peak; FLOPs per token from `perf.train_flops_per_token`.")
+                     "datasheet peak; FLOPs per token from `perf.train_flops_per_token`. "
+                     "The roofline bound is that of the same executable "
+                     "(`pythoncoder.hlo_cost` against the datasheet peaks, as `pythoncoder "
+                     "memory --topology` reports it without the device).")
     d = parts.get("decode")
     if d and d["status"] == "ok":
         lines += ["", "## Decode", "",
@@ -430,6 +449,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None,
                    help="timed train steps after the first (default 4; 2 with --dry-run)")
     p.add_argument("--remat", default="full", choices=["none", "full", "dots"])
+    p.add_argument("--accum-steps", type=positive_int, default=1,
+                   help="micro-steps per train step (the design's default is 8; 1 keeps the "
+                        "train parts within their time budget)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak for MFU (default: the device's datasheet bf16 peak)")
     p.add_argument("--dry-run", action="store_true",

@@ -68,8 +68,16 @@ def rope_cos_sin(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax
 
 def apply_rope(x_BTHD: jax.Array, cos_BTD: jax.Array, sin_BTD: jax.Array) -> jax.Array:
     """Rotate-half RoPE on the last axis of ``x`` (any number of sub-heads), in fp32."""
-    x = x_BTHD.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    d = x_BTHD.shape[-1]
+    half = d // 2
+    # rotate-half as a product with a signed permutation: exact (one nonzero term per
+    # output, accumulated in fp32), and a matmul whose epilogue the compiler fuses the
+    # rest into, so RoPE reads and writes x once in its own dtype
+    rot = np.zeros((d, d), np.float32)
+    rot[np.arange(half) + half, np.arange(half)] = -1.0  # out[:half] = -x[half:]
+    rot[np.arange(half), np.arange(half) + half] = 1.0  # out[half:] = x[:half]
+    rotated = jnp.einsum("bthd,de->bthe", x_BTHD, jnp.asarray(rot, x_BTHD.dtype),
+                         preferred_element_type=jnp.float32,
+                         precision=jax.lax.Precision.HIGHEST)
     cos, sin = cos_BTD[:, :, None, :], sin_BTD[:, :, None, :]
-    return (x * cos + rotated * sin).astype(x_BTHD.dtype)
+    return (x_BTHD.astype(jnp.float32) * cos + rotated * sin).astype(x_BTHD.dtype)

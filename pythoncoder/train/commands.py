@@ -345,7 +345,8 @@ def run_memory(args: argparse.Namespace) -> int:
         if report.get("roofline_step_s"):
             print(f"  per step: {report['flops_per_step'] / 1e12:.1f} TFLOP, "
                   f"{report['hbm_bytes_per_step'] / 1e9:.1f} GB of HBM traffic")
-            print(f"  roofline bound: {report['roofline_step_s']:.3f} s/step "
+            print(f"  roofline bound: {report['roofline_step_s']:.3f} s/step, "
+                  f"{report['roofline_bound']}-bound "
                   f"(compute {report['roofline_compute_s']:.3f} s, memory "
                   f"{report['roofline_memory_s']:.3f} s), at most "
                   f"{report['roofline_tokens_per_s']:,.0f} tokens/s, MFU "

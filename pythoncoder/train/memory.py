@@ -210,6 +210,7 @@ def step_roofline(hlo_text: str, sheet: dict[str, Any], model_cfg: ModelConfig,
     loops = [{"body": w["body"], "trips": w["trips"]} for w in cost["loops"]]
     if cost["unknown_trip_counts"]:  # a per-step figure would count those bodies once
         return {"flops_per_step": None, "hbm_bytes_per_step": None, "roofline_step_s": None,
+                "roofline_bound": None,
                 "roofline_tokens_per_s": None, "roofline_mfu": None, "loops": loops,
                 "unknown_trip_counts": cost["unknown_trip_counts"],
                 "cost_note": "the compiler left loop trip counts out of the optimized HLO; "
@@ -232,6 +233,8 @@ def step_roofline(hlo_text: str, sheet: dict[str, Any], model_cfg: ModelConfig,
         "roofline_compute_s": compute_s,
         "roofline_memory_s": memory_s,
         "roofline_step_s": step_s,
+        # which limit the bound is: the matmul peak or the memory bandwidth
+        "roofline_bound": "compute" if compute_s >= memory_s else "memory",
         "roofline_tokens_per_s": tokens / step_s if step_s else None,
         "roofline_mfu": model_flops / sheet["peak_bf16_flops"] / step_s if step_s else None,
         "loops": loops,

@@ -99,17 +99,29 @@ def device_peaks(device: Any) -> dict[str, Any] | None:
     return None
 
 
-def step_bound(compiled: Any, peaks: dict[str, Any]) -> float | None:
-    """The roofline bound of a compiled step, ``max(FLOPs / peak, HBM bytes / bandwidth)``
-    (``pythoncoder.hlo_cost``: loop bodies per trip, the kernels by their declared cost),
-    or ``None`` where the compiler left a loop's trip count out."""
+def step_roofline(compiled: Any, peaks: dict[str, Any]) -> dict[str, Any] | None:
+    """FLOPs and HBM bytes of a compiled step (``pythoncoder.hlo_cost``: loop bodies per
+    trip, the kernels by their declared cost) and the roofline bound they give against
+    ``peaks``: ``{"flops", "hbm_bytes", "compute_s", "memory_s", "bound_s", "bound"}``,
+    ``bound`` naming the limit ("compute" or "memory"); ``None`` where the compiler left a
+    loop's trip count out."""
     from pythoncoder import hlo_cost
 
     cost = hlo_cost.analyse(compiled.as_text())
     if cost["unknown_trip_counts"]:
         return None
-    return max(cost["flops"] / peaks["peak_bf16_flops"],
-               cost["bytes accessed"] / peaks["hbm_bandwidth"])
+    compute_s = cost["flops"] / peaks["peak_bf16_flops"]
+    memory_s = cost["bytes accessed"] / peaks["hbm_bandwidth"]
+    return {"flops": cost["flops"], "hbm_bytes": cost["bytes accessed"],
+            "compute_s": compute_s, "memory_s": memory_s, "bound_s": max(compute_s, memory_s),
+            "bound": "compute" if compute_s >= memory_s else "memory"}
+
+
+def step_bound(compiled: Any, peaks: dict[str, Any]) -> float | None:
+    """The roofline bound of a compiled step, ``max(FLOPs / peak, HBM bytes / bandwidth)``
+    (``step_roofline``), or ``None`` where a loop's trip count is unknown."""
+    roofline = step_roofline(compiled, peaks)
+    return None if roofline is None else roofline["bound_s"]
 
 
 def choose_remat(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,

@@ -15,14 +15,14 @@ from pythoncoder.model import ModelConfig
 from pythoncoder.utils import perf
 
 PEAK_TFLOPS = 0.001  # a stated peak, so MFU is defined on the CPU
-SEQ, BATCH, STEPS = 32, 2, 2
+SEQ, BATCH, STEPS, ACCUM = 32, 2, 2, 2
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("devicecheck")
     rc = main(["device-check", "--dry-run", "--out", str(out), "--seq-len", str(SEQ),
-               "--micro-batch", str(BATCH), "--steps", str(STEPS),
+               "--micro-batch", str(BATCH), "--steps", str(STEPS), "--accum-steps", str(ACCUM),
                "--peak-tflops", str(PEAK_TFLOPS),
                "--parts", "env,train-reference,train-cudnn,decode"])
     report = json.loads((out / "device-check.json").read_text())
@@ -52,8 +52,10 @@ def test_train_figures_follow_from_the_measured_times(dry_run):
     assert r["status"] == "ok" and r["finite"] and math.isfinite(r["loss"])
     assert (r["micro_batch"], r["seq_len"], r["preset"]) == (BATCH, SEQ, "tiny")
     assert len(r["step_times_s"]) == STEPS and r["step_s"] == min(r["step_times_s"])
-    assert r["tokens_per_step"] == BATCH * SEQ
-    assert r["tokens_per_s"] == pytest.approx(BATCH * SEQ / r["step_s"], rel=1e-12)
+    assert r["accum_steps"] == ACCUM and r["tokens_per_step"] == ACCUM * BATCH * SEQ
+    assert r["tokens_per_s"] == pytest.approx(ACCUM * BATCH * SEQ / r["step_s"], rel=1e-12)
+    # a CPU has no datasheet peaks: no roofline bound beside the time, and the table says so
+    assert r["roofline"] is None and r["step_over_bound"] is None
     fpt = perf.train_flops_per_token(ModelConfig.preset("tiny"), SEQ)
     assert r["flops_per_token"] == pytest.approx(fpt, rel=1e-12)
     assert r["peak_flops"] == pytest.approx(PEAK_TFLOPS * 1e12, rel=1e-12)
@@ -105,3 +107,18 @@ def test_a_failed_or_timed_out_part_is_reported_not_lost():
     assert "| kernels | timeout |" in md and "stopped after 150 s" in md
     assert "| train-pallas | error |" in md and "RuntimeError: boom" in md
     assert "FAILED conformance/test_diff_kernel.py::test_b[pallas]" in md
+
+
+def test_the_train_table_sets_the_step_beside_its_roofline_bound():
+    """On a device the train part carries the roofline of the executable it timed; the
+    table shows the bound, which limit it is, and the measured step over it."""
+    roofline = {"flops": 1.2e15, "hbm_bytes": 2.4e12, "compute_s": 1.36, "memory_s": 1.47,
+                "bound_s": 1.47, "bound": "memory"}
+    train = {"status": "ok", "seconds": 60.0, "attention": "pallas", "accum_steps": 8,
+             "micro_batch": 8, "seq_len": 2048, "step_s": 2.205, "tokens_per_s": 59443.0,
+             "model_flops_per_s": 4.1e14, "mfu": 0.447, "peak_flops": 918e12,
+             "roofline": roofline, "step_over_bound": 2.205 / 1.47}
+    report = {"dry_run": False, "budget_s": 480, "seconds": 100.0, "backend": "tpu",
+              "device_kind": "TPU v6 lite", "parts": {"train-pallas": train}}
+    md = markdown(report)
+    assert "| pallas | ok | 8 x 8 x 2048 | 2.2050 | 1.4700 (memory) | 1.50 |" in md

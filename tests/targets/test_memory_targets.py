@@ -81,9 +81,10 @@ def test_memory_for_the_h100_reports_the_step_bound(capsys):
     assert r["limit_bytes"] == targets.TARGETS["h100"].hbm_bytes
     assert 0 < r["total_bytes"] < r["limit_bytes"] and r["fits_device"]
     sheet = targets.datasheet("h100")
-    assert r["roofline_step_s"] == pytest.approx(max(
-        r["flops_per_step"] / sheet["peak_bf16_flops"],
-        r["hbm_bytes_per_step"] / sheet["hbm_bandwidth"]), rel=1e-9)
+    compute_s = r["flops_per_step"] / sheet["peak_bf16_flops"]
+    memory_s = r["hbm_bytes_per_step"] / sheet["hbm_bandwidth"]
+    assert r["roofline_step_s"] == pytest.approx(max(compute_s, memory_s), rel=1e-9)
+    assert r["roofline_bound"] == ("compute" if compute_s >= memory_s else "memory")
     assert r["roofline_tokens_per_s"] == pytest.approx(B * T / r["roofline_step_s"], rel=1e-9)
     assert 0 < r["roofline_mfu"] <= 1
     assert r["unknown_trip_counts"] == [] and any(w["trips"] == cfg.num_layers
