@@ -1,9 +1,12 @@
 """Memory-lean language-model loss: chunked cross-entropy over the 151,808-wide vocab.
 
-Logits are never materialised for the whole batch: tokens are processed in chunks of
-``cfg.loss_chunk_size``; the forward keeps one chunk of fp32 logits at a time and only
-each row's log-sum-exp and target logit for the backward, which recomputes the chunk's
-logits (a custom VJP).  Loss = CE_main + mtp_weight * CE_mtp (MTP-01).
+Logits are never materialised for the whole batch.  The forward keeps each row's
+log-sum-exp and target logit only: on TPU from the fused Pallas kernel ``ce_stats`` (the
+head matmul with an online log-sum-exp; no logits in HBM), elsewhere one chunk of
+``cfg.loss_chunk_size`` rows of fp32 logits at a time.  The backward (a custom VJP)
+recomputes the logits one block of the vocabulary at a time over every row, writes each
+block's gradient of the head once and accumulates the rows' gradient in fp32.
+Loss = CE_main + mtp_weight * CE_mtp (MTP-01).
 """
 
 from __future__ import annotations
@@ -134,9 +137,11 @@ def chunked_cross_entropy(x_ND: jax.Array, w_DV: jax.Array, labels_N: jax.Array,
 
     The ``ceil(n / chunk)`` chunks are made equal (rounded up to 8 rows) rather than padding
     the last one to ``chunk``: 256 rows with ``chunk = 1024`` cost 256 rows of logits, not
-    1024 (a 4x saving the tiny demo's small batches need).  A custom VJP: the backward
-    recomputes each chunk's logits and writes their gradient once, in the compute dtype
-    (HBM traffic of the 1b step's two heads: issue 25)."""
+    1024 (a 4x saving the tiny demo's small batches need); the backward's vocabulary
+    blocks hold as many logits as a chunk.  ``stats`` picks how the forward forms each
+    row's log-sum-exp and target logit: ``"pallas"`` (the fused kernel, interpreted on
+    CPU), ``"xla"`` (a chunk of logits at a time), ``"auto"`` (the kernel on TPU).  HBM
+    traffic of the 1b step's two heads: issues 25 and 34, ``docs/step-bytes.md``."""
     n = x_ND.shape[0]
     k = -(-n // chunk)
     rows = -(-n // k)  # ceil(n / k) rows per chunk, rounded up to 8

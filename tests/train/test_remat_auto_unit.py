@@ -223,8 +223,12 @@ def test_train_resolves_auto_records_it_and_uses_it(tmp_path, monkeypatch):
     shardings = state_shardings(abstract, mesh)
     none_bytes = remat_mod.compiled_step_bytes(cfg.replace(remat_policy="none"), tcfg, tx,
                                                abstract, shardings, mesh)
-    # a device that holds less than "none" needs (after the 0.9 headroom)
-    monkeypatch.setattr(remat_mod, "device_memory_bytes", lambda d, sharing=1: none_bytes)
+    # a device whose 90% holds a byte less than "none" needs (dots and full need less)
+    limit = int((none_bytes - 0.5) / remat_mod.HEADROOM)
+    monkeypatch.setattr(remat_mod, "device_memory_bytes", lambda d, sharing=1: limit)
+    # and datasheet peaks, so the chooser goes by the roofline bound
+    peaks = {"peak_bf16_flops": 1e12, "hbm_bandwidth": 1e11}
+    monkeypatch.setattr(remat_mod, "device_peaks", lambda device: peaks)
     compiled_for, jitted = [], []
 
     def spy(into, real):
@@ -242,11 +246,19 @@ def test_train_resolves_auto_records_it_and_uses_it(tmp_path, monkeypatch):
                      mesh=mesh, progress=False, log=lines.append)
     chosen = out["remat"]["policy"]
     assert chosen in ("dots", "full") and out["remat"]["compiled_bytes"]["none"] == none_bytes
-    # compiled once per policy tried, the chosen one last; the loop runs that executable
-    assert [c.remat_policy for c in compiled_for][-1] == chosen and jitted == []
-    assert any(line.startswith("remat auto: none needs") for line in lines)
+    assert out["remat"]["compiled_bytes"]["dots"] <= out["remat"]["budget_bytes"] < none_bytes
+    # every policy compiled once, the smallest bound of those that fit taken; the loop
+    # runs that executable
+    assert [c.remat_policy for c in compiled_for] == list(remat_mod.REMAT_ORDER)
+    assert jitted == []
+    bounds = out["remat"]["bound_s"]
+    assert set(bounds) == set(remat_mod.REMAT_ORDER) and out["remat"]["chosen_by"] == "bound"
+    assert chosen == min(("dots", "full"), key=lambda p: (bounds[p],
+                                                          remat_mod.REMAT_ORDER.index(p)))
+    assert any(line.startswith("remat auto: none needs") and "bound" in line for line in lines)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["model"]["remat_policy"] == "auto" and info["remat"]["policy"] == chosen
+    assert info["remat"]["bound_s"] == bounds and info["remat"]["chosen_by"] == "bound"
     assert "compiled" not in info["remat"]
     # the same run with the policy named: the jitted step, the same losses
     same = loop.train(cfg.replace(remat_policy=chosen), tcfg, tmp_path / "data",
