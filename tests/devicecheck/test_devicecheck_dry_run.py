@@ -122,3 +122,23 @@ def test_the_train_table_sets_the_step_beside_its_roofline_bound():
               "device_kind": "TPU v6 lite", "parts": {"train-pallas": train}}
     md = markdown(report)
     assert "| pallas | ok | 8 x 8 x 2048 | 2.2050 | 1.4700 (memory) | 1.50 |" in md
+
+
+def test_the_train_part_bounds_the_executable_it_timed(monkeypatch):
+    """With datasheet peaks (faked here: a CPU has none) the train part reports the roofline
+    of the compiled step it timed, and the time over that bound."""
+    import argparse
+
+    from pythoncoder import devicecheck
+    from pythoncoder.train import remat
+
+    peaks = {"peak_bf16_flops": 1e9, "hbm_bandwidth": 1e8}
+    monkeypatch.setattr(remat, "device_peaks", lambda device: peaks)
+    args = argparse.Namespace(dry_run=True, preset=None, micro_batch=BATCH, seq_len=SEQ,
+                              steps=STEPS, remat="full", peak_tflops=PEAK_TFLOPS,
+                              accum_steps=ACCUM)
+    r = devicecheck.part_train(args, "reference")
+    roof = r["roofline"]
+    assert roof["bound_s"] == max(roof["flops"] / 1e9, roof["hbm_bytes"] / 1e8) > 0
+    assert roof["bound"] == ("compute" if roof["compute_s"] >= roof["memory_s"] else "memory")
+    assert r["step_over_bound"] == pytest.approx(r["step_s"] / roof["bound_s"], rel=1e-12)

@@ -115,8 +115,9 @@ def test_with_peaks_the_fastest_bound_that_fits_is_taken(setup, monkeypatch, bud
     monkeypatch.setattr(remat_mod, "compile_step",
                         lambda model_cfg, *a, **kw: _FakeCompiled(sizes[model_cfg.remat_policy],
                                                                   model_cfg.remat_policy))
-    # with budget "dots", full is made the slowest: dots, the fastest that fits, wins
-    bounds = dict(BOUNDS, full=0.3) if budget == "dots" else BOUNDS
+    # with budget "dots", none (which does not fit) is made the fastest and full the
+    # slowest: dots, the fastest that fits, wins
+    bounds = dict(BOUNDS, none=0.1, full=0.3) if budget == "dots" else BOUNDS
     monkeypatch.setattr(remat_mod, "step_bound", lambda compiled, peaks: bounds[compiled.policy])
     budget_bytes = {"huge": 100 * 2**30, "dots": 6 * 2**30, "full": 5 * 2**30, "tiny": 1}[budget]
     lines: list[str] = []
