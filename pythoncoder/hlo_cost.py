@@ -15,9 +15,15 @@ each kernel declared when it was traced (``record_kernel_cost``).  So are cuBLAS
 calls (a GPU program's matmuls where they are no Triton GEMM fusions): their FLOPs are
 read from the call's dot dimensions.
 
-``hbm_top`` lists the instructions that move the most bytes per step (operands read plus
-results written, times how often the loops around them run): fusions, kernels and copies,
-each named by its kind and the JAX operation it came from.
+The FLOPs are that sum.  The HBM bytes are counted per instruction where the hardware
+moves them (``_Module.traffic``): XLA's analysis counts every operand and result whole,
+wherever it lives, which on libtpu's HLO counts buffers held in on-chip memory, whole
+stacked buffers that a nested fusion only slices, and buffers updated in place (4,106 GB for
+the 1b v6e step where these rules give 3,022: ``docs/step-bytes.md``).  Each instruction's
+bytes, times how often the loops around it run, is a row; the step's bytes are their sum,
+and ``hbm_top`` lists the largest rows: fusions, kernels and copies, each named by its kind
+and the JAX operation it came from.  XLA's own figure stays in the result as
+``xla bytes accessed``.
 """
 
 from __future__ import annotations
@@ -194,10 +200,10 @@ class _Module:
                 total += self._read(comp, uname, full, depth + 1)
             elif uop == "fusion" and depth < 8:
                 nested = re.search(r"calls=%?([\w.\-]+)", utext)
-                for j, a in enumerate(args):
-                    inner = self._param(nested.group(1), j) if nested and a == name else None
-                    total += full if a == name and inner is None else (
-                        self._read(nested.group(1), inner, full, depth + 1) if inner else 0)
+                for j in (j for j, a in enumerate(args) if a == name):
+                    inner = self._param(nested.group(1), j) if nested else None
+                    total += (full if inner is None
+                              else self._read(nested.group(1), inner, full, depth + 1))
             else:
                 return full
         return min(total, full)

@@ -141,9 +141,9 @@ class ModelConfig:
     @property
     def built_remat_policy(self) -> str:
         """The policy a built model applies: ``auto`` is resolved by the trainer
-        (``pythoncoder.train.remat.choose_remat``, by compiled memory) and means ``full``
-        in a model built without that step (inference does not differentiate, so it
-        does not matter there)."""
+        (``pythoncoder.train.remat.choose_remat``, by compiled memory and roofline bound)
+        and means ``full`` in a model built without that step (inference does not
+        differentiate, so it does not matter there)."""
         return "full" if self.remat_policy == "auto" else self.remat_policy
 
     def resolved_dropout_rng(self, backend: str | None = None) -> str:

@@ -45,10 +45,6 @@ def _chunk_logits(x, w):
     return jnp.dot(x, w, preferred_element_type=jnp.float32)
 
 
-def _onehot(y, V):
-    return jax.lax.broadcasted_iota(jnp.int32, (y.shape[0], V), 1) == y[:, None]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _chunked_ce(xs, w, ys, wts, stats):
     return _chunked_ce_fwd(xs, w, ys, wts, stats)[0]
