@@ -43,7 +43,7 @@ _HLO_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64":
               "int32": "s32", "int8": "s8", "uint32": "u32", "bool": "pred"}
 _NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
                 "call", "conditional", "after-all", "partition-id", "replica-id",
-                "opt-barrier", "async-done", "copy-done", "slice-done"}
+                "opt-barrier", "async-done", "copy-done", "slice-done", "fusion-done"}
 _KERNEL_NAME = re.compile(r"(diff_attention_\w+|ce_stats)")
 
 # (pallas_call name, result shapes) -> (flops, transcendentals, bytes), from trace time
@@ -243,7 +243,8 @@ class _Module:
           or inside a nested fusion) and writes of a buffer it updates in place
           (dynamic-update-slice of its parameter) only the update;
         * ``copy-start`` moves its source once, counted where it is in HBM (read) and
-          where its destination is (written); ``slice-start`` moves its slice; their
+          where its destination is (written); ``slice-start`` moves its slice;
+          ``fusion-start`` (jax 0.12's asynchronous fusions on GPU) is its fusion; their
           ``-done`` halves move nothing;
         * a dynamic-slice reads its slice, a gather the elements it gathers, a
           dynamic-update-slice writes its update; ``AllocateBuffer`` moves nothing."""
@@ -267,6 +268,9 @@ class _Module:
         if op == "dynamic-update-slice" and len(operand_types) > 1:
             update = operand_types[1]
             return _hbm_bytes(update) + (_nbytes(update) if _hbm_bytes(rtype) else 0)
+        if op == "fusion-start":  # an async fusion: ((operands), result, context)
+            parts = _elements(rtype)
+            rtype, op = (parts[1] if len(parts) > 1 else rtype), "fusion"
         sizes = [_hbm_bytes(t) for t in operand_types]
         out = _hbm_bytes(rtype)
         called = re.search(r"calls=%?([\w.\-]+)", line)

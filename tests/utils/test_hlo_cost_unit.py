@@ -112,7 +112,8 @@ def test_an_update_in_place_moves_its_slice_not_its_buffer():
 
 # A module as libtpu writes them: the weight prefetched into on-chip memory (S(1)) by an
 # async copy, a matmul fusion whose operand is sliced inside a nested fusion, a gradient
-# written in place into a stacked buffer, and an async slice into on-chip memory.
+# written in place into a stacked buffer, and an async slice into on-chip memory; and the
+# in-place update again as an asynchronous fusion (fusion-start/-done, jax 0.12 on GPU).
 TPU_LIKE = """HloModule tpu_like
 
 %nested (p0: bf16[24,8,128], p1: s32[]) -> bf16[8,128] {
@@ -152,6 +153,8 @@ ENTRY %main (a: bf16[24,8,128], i: s32[], w: bf16[128,128], acc: f32[24,8,128]) 
   %g = f32[24,8,128]{2,1,0} fusion(%acc, %f, %i), kind=kLoop, calls=%upd
   %ss = ((f32[24,8,128]{2,1,0}), f32[4,8,128]{2,1,0:SPACE}, s32[]{:S(2)}) slice-start(%acc), slice={[0:4],[0:8],[0:128]}
   %sd = f32[4,8,128]{2,1,0:SPACE} slice-done(%ss)
+  %fs = ((f32[24,8,128]{2,1,0}, f32[8,128]{1,0}, s32[]), f32[24,8,128]{2,1,0}, u32[]) fusion-start(%acc, %f, %i), kind=kLoop, calls=%upd
+  %fd = f32[24,8,128]{2,1,0} fusion-done(%fs)
   ROOT %t = (f32[24,8,128]{2,1,0}, f32[8,128]{1,0}, f32[4,8,128]{2,1,0:SPACE}) tuple(%g, %f, %sd)
 }
 """
@@ -167,6 +170,7 @@ def test_hbm_bytes_of_a_tpu_module_by_hand():
         "g": layer_f32 + 4 + layer_f32,  # the update read and written in place
         "ss": 4 * layer_f32,  # the slice read from HBM (slice-done moves nothing)
         "ab": 0,  # an uninitialised buffer: nothing written
+        "fs": layer_f32 + 4 + layer_f32,  # an asynchronous fusion: its fusion's bytes, once
     }
     assert cost["bytes accessed"] == sum(rows.values())
     np.testing.assert_allclose(cost["flops"], 2 * 8 * 128 * 128, rtol=1e-9, atol=0)
