@@ -29,6 +29,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pythoncoder.model.kernels.diff_attention import _dot, pallas_call
+
 F32 = jnp.float32
 MASK_VALUE = -1e30
 BLOCK_ROWS = 2048
@@ -45,12 +47,8 @@ def _kernel(x_ref, w_ref, y_ref, m_ref, s_ref, t_ref, *, bv: int, vocab: int):
         s_ref[...] = jnp.zeros(s_ref.shape, F32)
         t_ref[...] = jnp.zeros(t_ref.shape, F32)
 
-    x = x_ref[...]
-    # the native precision for low-precision tiles (Mosaic refuses an fp32 contract
-    # precision on bf16, which a global "highest" default would ask for)
-    logits = jax.lax.dot_general(x, w_ref[...], (((1,), (0,)), ((), ())),
-                                 precision=None if x.dtype == F32 else jax.lax.Precision.DEFAULT,
-                                 preferred_element_type=F32)
+    # the attention kernel's matmul: fp32 accumulation, the native precision for bf16 tiles
+    logits = _dot(x_ref[...], w_ref[...])
     cols = j * bv + jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
     logits = jnp.where(cols < vocab, logits, MASK_VALUE)
     m_old = m_ref[...]
@@ -78,8 +76,6 @@ def ce_stats(x_ND: jax.Array, w_DV: jax.Array, y_N: jax.Array, *,
     """``(lse, target)``, each (N,) fp32, of the logits ``x @ w`` (fp32 accumulation),
     never materialised.  ``x`` and ``w`` in the compute dtype; N is padded to whole row
     blocks and V to whole vocabulary blocks here."""
-    from pythoncoder.model.kernels.diff_attention import pallas_call
-
     n, d = x_ND.shape
     vocab = w_DV.shape[1]
     bm = min(block_rows, -(-n // 8) * 8)
