@@ -280,34 +280,50 @@ class KernelDoesNotFit(ValueError):
     """No candidate tiling of a kernel fits the target's limits."""
 
 
+def mma_family(compute_capability: tuple[int, int]) -> str:
+    """How Triton stages a dot's operands on a GPU of ``compute_capability``: ``hopper``
+    (sm_90's wgmma reads its left operand from registers), ``blackwell`` (sm_100's tcgen05,
+    which pipelines the backward kernels' streamed tiles twice over) or ``mma`` (sm_80 to
+    sm_89 and sm_120: ``mma`` reads every operand from shared memory, and the pipeliner
+    streams only the operands that feed a dot straight from memory)."""
+    major = compute_capability[0]
+    return "hopper" if major == 9 else "blackwell" if major == 10 else "mma"
+
+
 def smem_estimate(kernel: str, c: KernelConfig, D: int, E: int, itemsize: int = 2,
                   compute_capability: tuple[int, int] = (9, 0)) -> int:
     """Shared memory (bytes) Triton asks for to run ``kernel`` at ``c`` (head dim ``D``,
     value dim ``E``) on a GPU of ``compute_capability``: an upper estimate fitted to the
-    compiler's own figures (``tests/targets`` re-measures them through an ahead-of-time
-    compile and checks the estimate is neither below nor far above them).  The terms: the
-    operand tiles each dot stages (a program's fixed side and the streamed side), another
-    copy of the streamed tiles per extra pipeline stage, and, before Hopper (whose wgmma
-    reads its left operand from registers), the score/map tile that ``mma`` reads from
-    shared memory too."""
+    compiler's own requests (``tests/targets`` reads them from its refusals for every
+    candidate tiling, every family and two head shapes, and checks the estimate is never
+    below them and, at the 1b shapes, not far above).  The terms: the operand tiles each
+    dot stages (a program's fixed side and the streamed side), a copy of the streamed tiles
+    (or, where only they are pipelined, the row statistics) per extra pipeline stage, and,
+    outside Hopper, the score/map tile that ``mma`` reads from shared memory too."""
     bq, bk, extra = c.block_q, c.block_k, max(c.num_stages, 1) - 1
-    hopper = compute_capability[0] in (9, 10)
+    family = mma_family(compute_capability)
     row = (2 * D + E) * itemsize  # q1, q2 and dO rows, or k1, k2 and v rows
     if kernel == "fwd":  # Q1, Q2 fixed; K1, K2 (pass 1) and K1, K2, V (pass 2) streamed
         base = itemsize * (2 * D * bq + max(2 * D, E) * bk)
-        if hopper:
+        if family == "mma":
+            base += itemsize * bq * bk
+            stage = itemsize * max(2 * D, E) * bk
+        else:
             stage = itemsize * (4 * D + E) * bk
             if bq < 64:  # small query tiles stage the map tile for the A V dot too
                 base += itemsize * bq * bk
-        else:
-            base += itemsize * bq * bk
-            stage = itemsize * max(2 * D, E) * bk
     elif kernel == "bwd_q":  # Q1, Q2, dO fixed; K1, K2, V streamed
-        base, stage = row * (bq + bk), row * bk
+        base = row * (bq + bk)
+        stage = {"hopper": row * bk, "blackwell": itemsize * (4 * D + E) * bk + 8 * bk,
+                 "mma": itemsize * D * bk}[family]
     elif kernel == "bwd_kv":  # K1, K2, V fixed; Q1, Q2, dO streamed; a bf16 dS tile
-        base, stage = row * (bq + bk) + itemsize * bq * bk, (row + 32) * bq
-        if c.num_warps < 8 and bq != bk:  # 4-warp rectangular tiles convert dO again
-            base += itemsize * E * bq
+        base = row * (bq + bk) + itemsize * bq * bk
+        # per stage: the streamed rows and their fp32 statistics (lse1, lse2, D1, E, the
+        # segment id); mma pipelines only the statistics
+        stage = {"hopper": (row + 32) * bq, "blackwell": 2 * row * bq + 1024,
+                 "mma": 20 * bq}[family]
+        if family != "mma" and c.num_warps < 8 and bq != bk:  # 4-warp rectangular tiles
+            base += itemsize * E * bq  # convert dO again
     elif kernel == "decode":  # the query tile (bq = its rows) fixed; K1, K2, V streamed
         base = itemsize * (2 * D * bq + max(2 * D, E) * bk) + 32 * bk
         stage = (itemsize * max(2 * D, E) + 8) * bk
