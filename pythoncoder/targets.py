@@ -81,9 +81,12 @@ TPU_TOPOLOGIES = {
 # gives its compute capability, not its limits) or a description not registered here.
 SMEM_BY_CC = {(7, 0): 98304, (7, 5): 65536, (8, 0): 166912, (8, 6): 101376, (8, 7): 166912,
               (8, 9): 101376, (9, 0): 232448, (10, 0): 232448, (12, 0): 101376}
-# Dense bf16 tensor-core FLOPs per SM per clock, for the peak of an unnamed description
-# (H100 SXM 989.4 TF = 132 SMs x 1.83 GHz x 4096).
-BF16_FLOPS_PER_SM_CLOCK = {7: 1024, 8: 2048, (8, 6): 512, (8, 9): 1024, 9: 4096, 10: 8192,
+# Dense bf16 tensor-core FLOPs (fp32 accumulation) per SM per clock, for the peak of an
+# unnamed description, by the data-centre datasheets: A100 312 TF = 108 SMs x 1.41 GHz x
+# 2048; A10 125 TF = 72 x 1.695 x 1024 (sm_86); L4 121 TF = 58 x 2.04 x 1024 (sm_89); H100
+# SXM 989.4 TF = 132 x 1.83 x 4096.  GeForce cards of the same compute capability run
+# fp32-accumulating dots at half their rate.
+BF16_FLOPS_PER_SM_CLOCK = {7: 1024, 8: 2048, (8, 6): 1024, (8, 9): 1024, 9: 4096, 10: 8192,
                            12: 1024}
 
 _TEMPLATE = """gpu_device_info {{

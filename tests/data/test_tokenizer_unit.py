@@ -88,3 +88,24 @@ def test_re_export():
     assert top.load_tokenizer is tokmod.load_tokenizer
     assert (top.EOS_ID, top.NUM_TOKENS, top.PADDED_VOCAB_SIZE) == (151643, 151665, 151808)
     assert top.PADDING_IDS == range(151665, 151808)
+
+
+def test_another_tokenizers_version_neither_reads_nor_overwrites_this_versions_entry(
+        monkeypatch, tmp_path):
+    """The cache entry is keyed by the ``tokenizers`` version that built it: under another
+    version, an entry written by this one (here a marker file that would fail to load) is
+    neither loaded nor replaced; the other version builds and keeps its own."""
+    import tokenizers
+
+    monkeypatch.setenv("PYTHONCODER_CACHE", str(tmp_path))
+    monkeypatch.delenv("PYTHONCODER_TOKENIZER", raising=False)
+    this = tokmod.cached_tokenizer_path()
+    this.parent.mkdir(parents=True)
+    this.write_text("written by this version")
+    monkeypatch.setattr(tokenizers, "__version__", tokenizers.__version__ + ".post999")
+    other = tokmod.cached_tokenizer_path()
+    assert other != this and other.parent == this.parent
+    tok = tokmod.load_tokenizer()
+    assert tok.encode("Hello world").ids == [9707, 1879]
+    assert this.read_text() == "written by this version"
+    assert other.read_text(encoding="utf-8") == tok.to_str()

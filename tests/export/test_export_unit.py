@@ -170,3 +170,20 @@ def test_cli_export_then_generate_from_the_weights(tmp_path, capsys):
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert "sha256" in err and not (tmp_path / "bad" / WEIGHTS_FILE).exists()
+
+
+def test_a_file_with_an_extra_tensor_is_refused_by_name(tiny, tmp_path):
+    """Every expected tensor present with its shape, plus one the config does not have:
+    refused, naming it (a loader that only checks for missing names would take the file)."""
+    from safetensors.numpy import load_file, save_file
+
+    model, cfg = tiny
+    export_weights(model, cfg, tmp_path, dtype="float32", tokenizer=_NoTokenizer())
+    tensors = load_file(tmp_path / WEIGHTS_FILE)
+    tensors["blocks.7.attn.extra_proj.kernel"] = np.zeros((4, 4), np.float32)
+    save_file(tensors, tmp_path / WEIGHTS_FILE)
+    with pytest.raises(ExportError, match=r"unexpected \['blocks.7.attn.extra_proj.kernel'\]"):
+        load_weights(tmp_path)
+    del tensors["blocks.7.attn.extra_proj.kernel"]  # the control: the same file without it
+    save_file(tensors, tmp_path / WEIGHTS_FILE)
+    load_weights(tmp_path)

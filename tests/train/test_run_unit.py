@@ -116,3 +116,36 @@ def test_build_run_builds_a_fresh_run_and_checks_the_data(data, tmp_path):
         R.build_run(model_cfg(), train_cfg(seq_len=32), data, tmp_path / "s", total_steps=6,
                     resume=False, mesh=mesh, progress=False, log=lines.append,
                     peak_flops=None)
+
+
+def test_throughput_and_mfu_after_a_resume_count_the_steps_run_since(data, tmp_path,
+                                                                       monkeypatch):
+    """A run to step 4, then resumed to step 8, logging every 2 steps, on a clock that
+    advances one second per reading: every logged row covers the 2 steps actually run since
+    the previous row (or since the start or the restore), so tokens/s is 2 steps' tokens per
+    second right after the resume too, and MFU is those tokens' FLOPs over the given peak."""
+    import itertools
+
+    from pythoncoder.train import host, loop
+    from pythoncoder.utils.perf import train_flops_per_token
+
+    seconds = itertools.count()
+    monkeypatch.setattr(loop, "Throughput", lambda *a, **k: host.Throughput(
+        *a, clock=lambda: float(next(seconds)), **k))
+    mcfg = model_cfg().replace(vocab_size=151_808)
+    tcfg = train_cfg(log_every=2, steps_per_checkpoint=4)
+    mesh = make_mesh(1, 1, jax.devices()[:1])
+    peak = 1e9
+    for total, resume in ((4, False), (8, True)):
+        loop.train(mcfg, tcfg, data, tmp_path, total_steps=total, resume=resume, mesh=mesh,
+                   progress=False, log=lambda *_: None, peak_flops=peak)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "tokens_per_s" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    tokens = 2 * tcfg.tokens_per_step  # two steps per logged row, one second between readings
+    flops = train_flops_per_token(mcfg, tcfg.seq_len)
+    for r in rows:
+        np.testing.assert_allclose(r["tokens_per_s"], tokens, rtol=1e-12, atol=0,
+                                   err_msg=str(r))
+        np.testing.assert_allclose(r["mfu"], tokens * flops / peak, rtol=1e-12, atol=0,
+                                   err_msg=str(r))

@@ -189,3 +189,29 @@ def test_tuple_types_split_at_their_top_level():
                                         "f32[4,8,128]{2,1,0:T(8,128)S(1)}", "s32[]{:S(2)}"]
     assert hlo_cost._hbm_bytes(text) == 24 * 8 * 128 * 4
     assert hlo_cost._nbytes(text) == 28 * 8 * 128 * 4 + 4
+
+
+def test_rows_of_nested_loops_execute_once_per_trip_of_every_enclosing_loop():
+    """A scan of 5 inside a scan of 3: each row of the inner body runs 15 times, of the
+    outer body 3 times, of the entry once; a row's total is its bytes times its executions,
+    and the inner body's matmul (the only dot) counts 15 dots of FLOPs."""
+    n = 32
+
+    def f(x, ws):
+        def outer(c, w_outer):
+            inner = jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), c, w_outer)[0]
+            return inner * 2.0, None
+        return jax.lax.scan(outer, x, ws)[0]
+
+    compiled = jax.jit(f).lower(S((n, n), jnp.float32), S((3, 5, n, n), jnp.float32)).compile()
+    cost = hlo_cost.analyse(compiled.as_text())
+    assert sorted(w["trips"] for w in cost["loops"]) == [3, 5]
+    executions = {r["executions"] for r in cost["rows"]}
+    assert executions <= {1, 3, 15} and {3, 15} <= executions
+    for r in cost["rows"]:
+        assert r["total_bytes"] == r["bytes"] * r["executions"]
+    dots = [r for r in cost["rows"] if "dot" in r["instruction"] or r["op"] == "dot"
+            or "dot_general" in r["source"]]
+    assert dots and all(r["executions"] == 15 for r in dots)
+    np.testing.assert_allclose(cost["flops"], 15 * 2 * n**3, rtol=0.05, atol=0)
+    assert cost["bytes accessed"] == sum(r["total_bytes"] for r in cost["rows"])
