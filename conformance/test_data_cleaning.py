@@ -68,10 +68,13 @@ def test_longest_line_boundary():
 
 
 @pytest.mark.req("DATA-05")
-@pytest.mark.parametrize("width,reason", [(100, None), (101, "mean_line_length")])
-def test_mean_line_length_boundary(width, reason):
-    lines = [f"v{i:03d} = {10 ** (width - 8) + i}" for i in range(40)]
-    assert {len(line) for line in lines} == {width}
+@pytest.mark.parametrize("widths,reason", [((100,), None), ((101,), "mean_line_length"),
+                                           ((100, 101), "mean_line_length")])
+def test_mean_line_length_boundary(widths, reason):
+    """At the limit kept; one character over, or half a character over on average (lines
+    of 100 and 101 alternating), removed."""
+    lines = [f"v{i:03d} = {10 ** (widths[i % len(widths)] - 8) + i}" for i in range(40)]
+    assert {len(line) for line in lines} == set(widths)
     assert quality.check("\n".join(lines) + "\n") == reason
 
 
@@ -214,6 +217,28 @@ def test_near_dedup_drops_above_and_keeps_below_the_threshold(seed, edits):
     elif j <= 0.55:
         assert found is None, j
         assert len(dedup) == 2
+
+
+@pytest.mark.req("DATA-06")
+def test_near_dedup_threshold_is_inclusive_at_the_estimated_jaccard():
+    """A pair whose MinHash estimate (rensa's own) is j: removed by an index whose
+    threshold is j, kept by one whose threshold is the next float above j."""
+    import math
+
+    base = _tokens(400, 11)
+    edited = list(base)
+    for pos in range(0, 400, 40):
+        edited[pos] = f"edit{pos}"
+    a, b = neardup.sketch(_doc(base)), neardup.sketch(_doc(edited))
+    j = a.jaccard(b)
+    assert 0.5 < j < 1.0
+    for threshold, removed in ((j, True), (math.nextafter(j, 2.0), False)):
+        dedup = neardup.NearDedup(neardup.NearDedupConfig(threshold=threshold))
+        assert dedup.add("a.py", a) is None
+        found = dedup.add("b.py", b)
+        assert (found is not None) == removed, (j, threshold)
+        if removed:
+            assert found == ("a.py", j)
 
 
 @pytest.mark.req("DATA-06")
@@ -368,6 +393,49 @@ def test_every_humaneval_item_found_verbatim_reformatted_and_renamed(humaneval):
     assert methods == {"ngram"}
 
 
+def _one_item(code: str, *texts: str) -> decontam.Decontaminator:
+    item = decontam.Item("bench", "0", code, tuple(texts))
+    return decontam.Decontaminator([decontam.Benchmark("bench", "bench.jsonl", "0" * 64,
+                                                       (item,))])
+
+
+@pytest.mark.req("DATA-07")
+@pytest.mark.parametrize("chars,found", [(40, True), (39, False)])
+def test_substring_patterns_from_the_minimum_length(chars, found):
+    """An item's description of exactly ``min_substring_chars`` characters is searched
+    for, one character shorter is not; the file holds it only in a string, re-wrapped (runs
+    of whitespace count as one space), not the item's code, so only the substring search
+    can find it."""
+    assert decontam.DecontamConfig().min_substring_chars == 40
+    words = "return the sum of the squares of all odd numbers in the list"
+    description = words[:chars]
+    assert len(description) == chars
+    d = _one_item("def f(xs):\n    return sum(x * x for x in xs if x % 2)\n", description)
+    respaced = description.replace(" ", "  \n    ", 2)
+    text = f'HELP = """\n    {respaced}\n"""\nimport os\nprint(os.getcwd())\n'
+    m = d.find(text)
+    assert (m is not None and m.method == "substring") == found, m
+
+
+@pytest.mark.req("DATA-07")
+@pytest.mark.parametrize("statements,found", [(13, True), (12, False)])
+def test_ngram_overlap_boundary(statements, found):
+    """An item of 23 statements ``aK = K`` (69 code tokens, 60 distinct 10-grams): a file
+    with its first 13 statements holds 30 of them, exactly the 0.5 overlap, and is removed
+    with that score; with the 13th statement's value changed it holds 29 and is kept."""
+    assert decontam.DecontamConfig().overlap == 0.5
+    item = "".join(f"a{k} = {k}\n" for k in range(23))
+    d = _one_item(item)
+    text = "".join(f"a{k} = {k}\n" for k in range(statements))
+    if not found:
+        text += "a12 = 999\n"
+    m = d.find(text)
+    if found:
+        assert m is not None and (m.method, m.score) == ("ngram", 0.5)
+    else:
+        assert m is None
+
+
 @pytest.mark.req("DATA-07")
 def test_substring_of_a_docstring_alone_is_found(humaneval):
     item = humaneval.items[10]
@@ -504,6 +572,14 @@ def test_stage_counts_chain_and_match_the_audit(tmp_path, humaneval):
     assert audit["b_copy.py"]["match"] == "a.py"
     assert "No such file" in audit["g_dangling.py"]["method"]
     assert m["audit"] == check_values("DATA-04")["audit_file"]
+    # bytes: each removal is its file's size on disk, in its row and its stage's count
+    size = {k: (src / k).stat().st_size for k in audit if k != "g_dangling.py"}
+    for key, nbytes in size.items():
+        assert audit[key]["bytes"] == nbytes, key
+    for stage in names[1:]:
+        assert st_[stage]["bytes_dropped"] == sum(
+            size[k] for k, r in audit.items() if r["stage"] == stage), stage
+    assert st_["decontamination"]["bytes_kept"] == (src / "a.py").stat().st_size
 
 
 @pytest.mark.req("DATA-04")
