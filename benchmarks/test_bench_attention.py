@@ -27,7 +27,7 @@ import pytest
 from pythoncoder.model import ModelConfig
 from pythoncoder.model.attention import ATTENTION_KERNELS
 from pythoncoder.model.kernels.diff_attention import diff_attention
-from pythoncoder.train.memory import GIB, topology_devices
+from pythoncoder.targets import GIB, topology_devices
 
 CFG = ModelConfig.preset("1b")
 B, T = 8, 2048

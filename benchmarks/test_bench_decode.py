@@ -36,6 +36,7 @@ import pytest
 from pythoncoder.infer.engine import Engine, left_pad
 from pythoncoder.model import ModelConfig, build_model
 from pythoncoder.testing.models import agreeable_model
+from pythoncoder.train.accounting import decode_step_bytes
 from pythoncoder.utils import perf
 
 PRESET = os.environ.get("PYTHONCODER_BENCH_DECODE_PRESET", "auto")
@@ -81,7 +82,7 @@ def engines(cfg):
 
 def step_bytes(engine: Engine, batch: int, context: float, *, with_mtp: bool) -> float:
     """Bytes one decode step must read: weights (embedding rows only) + live KV cache."""
-    return perf.decode_step_bytes(engine.params, engine.cfg, batch, context,
+    return decode_step_bytes(engine.params, engine.cfg, batch, context,
                                   with_mtp=with_mtp)
 
 

@@ -11,8 +11,9 @@ compiler is named in the figure and in ``extra_info["compiler"]``.
 from __future__ import annotations
 
 from pythoncoder.model import ModelConfig
+from pythoncoder.targets import GIB
 from pythoncoder.train.config import TrainConfig
-from pythoncoder.train.memory import GIB, train_step_memory
+from pythoncoder.train.memory import train_step_memory
 
 
 def test_train_step_memory_1b(benchmark, report, request):

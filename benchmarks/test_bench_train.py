@@ -7,7 +7,7 @@ preset is the one that fits the backend: ``1b`` at micro-batch 8 x 2048 on TPU/G
 for more; ``--bench-seq-len``, ``--bench-micro-batch``, ``--bench-accum`` for the shape).
 
 MFU (model FLOPs utilisation) counts model FLOPs the MaxText way,
-``pythoncoder.utils.perf.train_flops_per_token``:
+``pythoncoder.train.accounting.model_flops_per_token``:
 
     FLOPs/token = 6 * N_matmul + 6 * L * T * q_width
 
@@ -31,12 +31,12 @@ import numpy as np
 import pytest
 
 from pythoncoder.model import ModelConfig, abstract_model, build_model
+from pythoncoder.train.accounting import model_flops_per_token
 from pythoncoder.train.config import TrainConfig
 from pythoncoder.train.optimizer import make_optimizer
 from pythoncoder.train.step import init_train_state, make_train_step, split_model
 from pythoncoder.utils import perf
 from pythoncoder.utils.figures import flops_unit
-from pythoncoder.utils.perf import train_flops_per_token
 
 _RESULT: dict[str, float] = {}
 
@@ -94,7 +94,7 @@ def test_train_step(benchmark, report, ceilings, setup):
 
     tokens = tcfg.tokens_per_step
     tps = tokens / benchmark.stats.stats.min
-    flops_per_token = train_flops_per_token(cfg, tcfg.seq_len)
+    flops_per_token = model_flops_per_token(cfg, tcfg.seq_len)
     model_flops = tps * flops_per_token
     peak = ceilings.matmul_flops
     _RESULT.update(model_flops=model_flops, tokens_per_second=tps)

@@ -20,8 +20,8 @@ from flax import nnx
 
 from pythoncoder.model import ModelConfig, abstract_model
 from pythoncoder.spec import check_values
+from pythoncoder.train.accounting import model_flops_per_token
 from pythoncoder.utils import figures as figs
-from pythoncoder.utils.perf import train_flops_per_token
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,6 +126,6 @@ def test_mfu_flops_per_token_is_6n_plus_attention():
     cfg = ModelConfig.preset("1b")
     expected = check_values("BENCH-01")["flops_per_token_1b_2048"]
     assert _hand_count_flops_per_token(cfg, 2048) == expected
-    assert train_flops_per_token(cfg, 2048) == expected
+    assert model_flops_per_token(cfg, 2048) == expected
     tiny = ModelConfig.preset("tiny")
-    assert train_flops_per_token(tiny, 256) == _hand_count_flops_per_token(tiny, 256)
+    assert model_flops_per_token(tiny, 256) == _hand_count_flops_per_token(tiny, 256)

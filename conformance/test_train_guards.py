@@ -38,7 +38,7 @@ VOCAB = 151_808
 
 @functools.lru_cache
 def _rows(data_dir: str) -> tuple[int, ...]:
-    from pythoncoder.model.vocab import frequent_ids
+    from pythoncoder.data.shards import frequent_ids
 
     return frequent_ids(data_dir, 512)
 

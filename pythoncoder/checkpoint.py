@@ -241,13 +241,23 @@ class _OrbaxSaveErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
-_FILTER = _OrbaxSaveErrors()
+class _OrbaxReadOnlyNotice(logging.Filter):
+    """Drop Orbax's "Given directory is read only" warning: every inference restore opens
+    the run read-only on purpose, and there is nothing for the user to do about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and "orbax" in record.pathname
+                    and str(record.msg).startswith("Given directory is read only"))
+
+
+_FILTERS = (_OrbaxSaveErrors(), _OrbaxReadOnlyNotice())
 
 
 def _quiet_orbax_errors() -> None:
     logger = logging.getLogger("absl")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)
+    for f in _FILTERS:
+        if f not in logger.filters:
+            logger.addFilter(f)
 
 
 class Checkpointer:
@@ -267,9 +277,11 @@ class Checkpointer:
         self.directory = (self.run_dir / CHECKPOINT_DIR).absolute()
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint found in {self.directory}")
+        # read-only: the values Orbax would otherwise set itself, with a warning each
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=async_save)
+            max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+            save_interval_steps=0 if read_only else 1, enable_async_checkpointing=async_save)
+        _quiet_orbax_errors()
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options,
                                                  item_names=ITEMS)
@@ -278,7 +290,6 @@ class Checkpointer:
         self._pending: int | None = None  # Orbax still writing this step
         self._manifest: tuple[int, concurrent.futures.Future] | None = None  # hashing it
         self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
-        _quiet_orbax_errors()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -481,6 +492,11 @@ def restore_model(run_dir: str | Path, step: int | None = None, *, model_cfg: An
     if model_cfg is None:  # else a config of the same shapes (e.g. YaRN switched on)
         model_cfg = ModelConfig(**read_run_file(run_dir)["model"])
     graphdef, abstract_params = nnx.split(abstract_model(model_cfg), nnx.Param)
+    # on the default device, as an export loads (Orbax would otherwise read the training
+    # mesh's shardings from the checkpoint, with a warning that it is unsafe elsewhere)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract_params = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_params)
     ckpt = Checkpointer(run_dir, async_save=False, read_only=True)
     try:
         params, _ = ckpt.restore_params(abstract_params, step)

@@ -2,7 +2,11 @@
 
 Each sub-command lives in the package that owns it and is imported only when used, so
 ``pythoncoder info`` never pays for the data or training imports.  A command module
-exposes ``configure_<name>(parser)``, which adds its arguments and sets ``func``.
+exposes ``configure_<name>(parser)``, which adds its arguments and sets ``func``; importing
+it must not import JAX (it loads inside ``func``), so a typo or ``--help`` answers at once
+(``tests/harness/test_first_contact.py``).  Before ``func`` runs, JAX starts with the
+driver messages of the ``targets`` extra dropped (``utils.platforms.start_jax``), unless
+the command sets ``starts_jax=False`` (it needs no JAX, or starts it itself).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import importlib
 import sys
 
 from pythoncoder.utils.argtypes import EXIT_CODES_HELP, EXIT_USAGE, UsageError
-from pythoncoder.utils.platforms import default_to_cpu
+from pythoncoder.utils.platforms import default_to_cpu, start_jax
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "memory": ("pythoncoder.train.commands", "compiled memory analysis of the train step"),
     "generate": ("pythoncoder.infer.commands", "generate from a trained run"),
     "eval": ("pythoncoder.eval.commands", "HumanEval / MBPP pass@k in a sandbox"),
-    "export": ("pythoncoder.export", "portable weights: safetensors + config + tokenizer"),
+    "export": ("pythoncoder.infer.commands", "portable weights: safetensors + config + tokenizer"),
     "device-check": ("pythoncoder.devicecheck", "kernels, train MFU and decode on a GPU/TPU "
                      "(--dry-run: on the CPU)"),
 }
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        if getattr(args, "starts_jax", True):
+            start_jax()
         return int(args.func(args) or 0)
     except UsageError as e:  # bad input found after parsing: one line, like argparse's
         print(f"pythoncoder {args.command}: error: {e}", file=sys.stderr)

@@ -10,13 +10,13 @@ that part only), within 8 minutes by default:
   control), then the DIFF-06 / DIFF-06a conformance suites with the device as JAX's
   backend (their Pallas cases interpret, at tiles of 8), all with pytest.
 * ``train-pallas``, ``train-reference``, ``train-cudnn``: the train step's time, tokens/s
-  and MFU (``pythoncoder.utils.perf.train_flops_per_token`` over the datasheet peak) beside
+  and MFU (``pythoncoder.train.accounting.model_flops_per_token`` over the datasheet peak) beside
   the roofline bound of the same executable (``--accum-steps 8``: the design's step), with the
   fused kernel, with the reference attention, and with the attention replaced by the
   unfloored map as four cuDNN flash calls (not the model: the speed limit a fused kernel
   could reach).
 * ``decode``: greedy decode tokens/s at B=1 and B=8 against the bandwidth roofline
-  (``perf.decode_step_bytes`` at the measured copy bandwidth, as ``nox -s benchmarks``).
+  (``accounting.decode_step_bytes`` at the measured copy bandwidth, as ``nox -s benchmarks``).
 
 It writes ``device-check.json`` and ``device-check.md`` to ``--out`` (and each part's log
 under ``logs/``).  ``--dry-run`` runs the same parts on the CPU backend with the tiny
@@ -30,13 +30,14 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pythoncoder.utils.argtypes import UsageError, positive_int
+from pythoncoder.utils.argtypes import UsageError, positive_float, positive_int
 
 TRAIN_IMPLS = ("pallas", "reference", "cudnn")
 PARTS = ("env", "kernels", *(f"train-{i}" for i in TRAIN_IMPLS), "decode")
@@ -102,7 +103,6 @@ def part_train(args: argparse.Namespace, impl: str) -> dict[str, Any]:
     from pythoncoder.train.config import TrainConfig
     from pythoncoder.train.optimizer import make_optimizer
     from pythoncoder.train.step import init_train_state, make_train_step, split_model
-    from pythoncoder.utils import perf
 
     s = _settings(args)
     backend = jax.default_backend()
@@ -147,8 +147,11 @@ def part_train(args: argparse.Namespace, impl: str) -> dict[str, Any]:
 
     peaks = device_peaks(jax.devices()[0])
     roofline = step_roofline(compiled, peaks) if peaks else None
-    fpt = perf.train_flops_per_token(cfg, T)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else perf.nominal_peak_flops()
+    from pythoncoder.train.accounting import model_flops_per_token
+
+    fpt = model_flops_per_token(cfg, T)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else (
+        peaks["peak_bf16_flops"] if peaks else None)
     tps = tokens / step_s
     stats = jax.devices()[0].memory_stats() or {}
     out = {"status": "ok", "attention": impl, "preset": cfg.name, "micro_batch": B,
@@ -174,6 +177,7 @@ def part_decode(args: argparse.Namespace) -> dict[str, Any]:
 
     from pythoncoder.infer.engine import Engine
     from pythoncoder.model import ModelConfig, build_model
+    from pythoncoder.train.accounting import decode_step_bytes
     from pythoncoder.utils import perf
 
     s = _settings(args)
@@ -194,7 +198,7 @@ def part_decode(args: argparse.Namespace) -> dict[str, Any]:
         run()  # compile
         best = max((run() for _ in range(2)),
                    key=lambda r: r.stats["decode_tokens_per_second"])
-        step_bytes = perf.decode_step_bytes(engine.params, cfg, batch, context,
+        step_bytes = decode_step_bytes(engine.params, cfg, batch, context,
                                             with_mtp=False)
         roofline = batch * bandwidth / step_bytes
         tps = best.stats["decode_tokens_per_second"]
@@ -413,7 +417,7 @@ def markdown(report: dict[str, Any]) -> str:
         peak = next((r["peak_flops"] for r in trains.values() if r.get("peak_flops")), None)
         lines.append("")
         lines.append(f"MFU against {_fmt(peak / 1e12) + ' TFLOP/s' if peak else 'no'} "
-                     "datasheet peak; FLOPs per token from `perf.train_flops_per_token`. "
+                     "datasheet peak; FLOPs per token from `accounting.model_flops_per_token`. "
                      "The roofline bound is that of the same executable "
                      "(`pythoncoder.hlo_cost` against the datasheet peaks, as `pythoncoder "
                      "memory --topology` reports it without the device).")
@@ -452,7 +456,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accum-steps", type=positive_int, default=1,
                    help="micro-steps per train step (the design's default is 8; 1 keeps the "
                         "train parts within their time budget)")
-    p.add_argument("--peak-tflops", type=float, default=None,
+    p.add_argument("--peak-tflops", type=positive_float, default=None,
                    help="peak for MFU (default: the device's datasheet bf16 peak)")
     p.add_argument("--dry-run", action="store_true",
                    help="on the CPU backend, tiny preset; skip what needs a device, saying so")
@@ -462,19 +466,28 @@ def configure_device_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for device-check.json / .md")
     p.add_argument("--parts", type=_parts, default=list(PARTS),
                    help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
-    p.add_argument("--budget-s", type=float, default=TOTAL_S,
+    p.add_argument("--budget-s", type=positive_float, default=TOTAL_S,
                    help=f"total seconds, shared by the parts (default {TOTAL_S})")
     _add_options(p)
-    p.set_defaults(func=run_device_check)
+    p.set_defaults(func=run_device_check, starts_jax=False)  # the parts start it
 
 
 def run_device_check(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    made = out.absolute()  # the outermost directory this command creates, if any
+    while not made.parent.exists() and made.parent != made.parent.parent:
+        made = made.parent
+    made = None if made.exists() else made
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {args.out}: {e.strerror}") from None
-    report = device_check(args)
+    try:
+        report = device_check(args)
+    except UsageError:  # refused (no accelerator): nothing left behind
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
     print(f"device-check: wrote {out / REPORT_JSON} and {out / REPORT_MD}")
     bad = [n for n, r in report["parts"].items() if r["status"] not in ("ok", "skipped")]
     return 1 if bad else 0

@@ -39,15 +39,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from pythoncoder.model import ModelConfig, PythonCoder, abstract_model
+from pythoncoder.model.config import ModelConfig
 from pythoncoder.utils.files import atomic_write
+
+if TYPE_CHECKING:
+    import jax
+
+    from pythoncoder.model.transformer import PythonCoder
+
+# JAX and Flax are imported inside the functions that use them: ``pythoncoder export``'s
+# arguments are checked (``configure_export``) before JAX loads.
 
 FORMAT = "pythoncoder-safetensors"
 FORMAT_VERSION = 1
@@ -71,6 +76,9 @@ def _keys(path: tuple) -> list[str]:
 
 
 def _flat_params(model: PythonCoder) -> dict[tuple[str, ...], jax.Array]:
+    import jax
+    from flax import nnx
+
     state = nnx.state(model, nnx.Param)
     return {tuple(_keys(path)): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
@@ -78,11 +86,15 @@ def _flat_params(model: PythonCoder) -> dict[tuple[str, ...], jax.Array]:
 
 def tensor_names(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every exported tensor name and its shape, for ``cfg`` (nothing is allocated)."""
+    from pythoncoder.model.transformer import abstract_model
+
     flat = _flat_params(abstract_model(cfg))
     return {name: tuple(arr.shape) for name, arr in _unstack(cfg, flat).items()}
 
 
 def _unstack(cfg: ModelConfig, flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    import jax
+
     out: dict[str, Any] = {}
     for keys, arr in flat.items():
         if keys[0] == "blocks":  # layers are stacked on a leading axis
@@ -98,6 +110,7 @@ def _unstack(cfg: ModelConfig, flat: dict[tuple[str, ...], Any]) -> dict[str, An
 def export_weights(model: PythonCoder, cfg: ModelConfig, out_dir: str | Path, *,
                    dtype: str = "bfloat16", tokenizer: Any = None) -> Path:
     """Write ``model`` under ``out_dir`` (created; files replaced atomically)."""
+    import jax.numpy as jnp
     from safetensors.numpy import save_file
 
     if dtype not in DTYPES:
@@ -117,7 +130,7 @@ def export_weights(model: PythonCoder, cfg: ModelConfig, out_dir: str | Path, *,
     atomic_write(out / CONFIG_FILE,
             lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     if tokenizer is None:
-        from pythoncoder.tokenizer import load_tokenizer
+        from pythoncoder.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer()
     atomic_write(out / TOKENIZER_FILE, lambda tmp: tokenizer.save(tmp))
@@ -149,8 +162,13 @@ def load_weights(weights_dir: str | Path, cfg: ModelConfig | None = None
     Every tensor must be present with its exact shape and no other name may appear;
     values are cast to the config's ``param_dtype``.
     """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
+
+    from pythoncoder.model.transformer import abstract_model
 
     saved_cfg, _ = read_config(weights_dir)
     cfg = saved_cfg if cfg is None else cfg
@@ -182,36 +200,3 @@ def load_weights(weights_dir: str | Path, cfg: ModelConfig | None = None
 
     filled = jax.tree_util.tree_map_with_path(fill, state)
     return nnx.merge(graphdef, filled), cfg
-
-
-def configure_export(p) -> None:
-    """``pythoncoder export --run RUN --out DIR``: the CLI's arguments."""
-    from pathlib import Path as _Path
-
-    p.add_argument("--run", type=_Path, required=True, metavar="RUN_DIR",
-                   help="training run directory")
-    from pythoncoder.utils.argtypes import nonnegative_int
-
-    p.add_argument("--step", type=nonnegative_int, default=None,
-                   help="checkpoint step (default: latest)")
-    p.add_argument("--out", type=_Path, required=True, metavar="DIR",
-                   help="export directory (model.safetensors, config.json, tokenizer.json)")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16",
-                   help="stored tensor dtype (default bfloat16)")
-    p.set_defaults(func=run_export)
-
-
-def run_export(args) -> int:
-    import sys
-
-    from pythoncoder.infer.loading import RunDirError, load_for_inference
-
-    try:
-        model, cfg = load_for_inference(args.run, step=args.step)
-        out = export_weights(model, cfg, args.out, dtype=args.dtype)
-    except (RunDirError, ExportError, OSError) as e:
-        print(f"pythoncoder export: {e}", file=sys.stderr)
-        return 2
-    n = sum(int(np.prod(s)) for s in tensor_names(cfg).values())
-    print(f"exported {n:,} parameters ({args.dtype}) to {out}")
-    return 0

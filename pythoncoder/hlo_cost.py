@@ -11,9 +11,11 @@ for the loops ``w`` that ``C`` runs (directly or through calls).  ``hca`` is XLA
 analysis, run through the CPU client on the text of the program compiled for any target
 (a deviceless GPU executable's ``cost_analysis()`` is None).  Pallas kernels are opaque custom
 calls to it (no FLOPs, operand and result bytes); they are counted by the ``CostEstimate``
-each kernel declared when it was traced (``record_kernel_cost``).  So are cuBLAS matmul
-calls (a GPU program's matmuls where they are no Triton GEMM fusions): their FLOPs are
-read from the call's dot dimensions.
+each kernel declared when it was traced (``record_kernel_cost``), matched by the name it was
+recorded under, whatever it is; a Pallas call with no recorded cost is listed in
+``uncosted_kernels`` (counted by its operands, no FLOPs) instead of passing silently.
+cuBLAS matmul calls (a GPU program's matmuls where they are no Triton GEMM fusions) are
+counted by the call's dot dimensions.
 
 The FLOPs are that sum.  The HBM bytes are counted per instruction where the hardware
 moves them (``_Module.traffic``): XLA's analysis counts every operand and result whole,
@@ -44,7 +46,8 @@ _HLO_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64":
 _NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
                 "call", "conditional", "after-all", "partition-id", "replica-id",
                 "opt-barrier", "async-done", "copy-done", "slice-done", "fusion-done"}
-_KERNEL_NAME = re.compile(r"(diff_attention_\w+|ce_stats)")
+# the custom calls a Pallas kernel compiles to (Mosaic on TPU, Triton on GPU)
+_PALLAS_TARGETS = ('"tpu_custom_call"', '"__gpu$xla.gpu.triton"')
 
 # (pallas_call name, result shapes) -> (flops, transcendentals, bytes), from trace time
 _KERNEL_COSTS: dict[tuple[str, str], tuple[float, float, float]] = {}
@@ -346,7 +349,13 @@ class _Module:
 
 
 def _kernel_cost(line: str, rtype: str) -> tuple[float, float, float] | None:
-    m = _KERNEL_NAME.search(line)
+    """The declared cost of the kernel ``line`` calls: found by the names kernels were
+    recorded under (``record_kernel_cost``, at trace time), the longest that occurs in the
+    line as a whole word, and the call's result shapes."""
+    names = sorted({name for name, _ in _KERNEL_COSTS}, key=len, reverse=True)
+    if not names:
+        return None
+    m = re.search(r"\b(" + "|".join(map(re.escape, names)) + r")\b", line)
     if not m:
         return None
     return _KERNEL_COSTS.get((m.group(1), re.sub(r"\{[^{}]*\}", "", rtype)))
@@ -423,7 +432,7 @@ def analyse(text: str) -> dict[str, Any]:
             cache[root] = {k: float(d.get(k, 0.0)) for k in KEYS}
         return cache[root]
 
-    unknown, loops, rows = [], [], []
+    unknown, loops, rows, uncosted = [], [], [], []
 
     def walk(comp, times):
         """(cost of comp's own instructions and calls minus its loop bodies, loops)."""
@@ -445,6 +454,8 @@ def analyse(text: str) -> dict[str, Any]:
                 kernel = _kernel_cost(line, rtype)
                 gemm = None if kernel else _library_gemm(
                     line, rtype, shapes.get(operands[0], "") if operands else "")
+                if kernel is None and any(t in line for t in _PALLAS_TARGETS):
+                    uncosted.append(name)  # a Pallas kernel traced elsewhere, or unnamed
                 if kernel is not None:
                     own["flops"] += kernel[0]
                     own["transcendentals"] += kernel[1]
@@ -490,4 +501,5 @@ def analyse(text: str) -> dict[str, Any]:
     result["xla bytes accessed"] = result["bytes accessed"]
     result["bytes accessed"] = float(sum(r["total_bytes"] for r in rows))
     rows.sort(key=lambda r: -r["total_bytes"])
-    return {**result, "loops": loops, "unknown_trip_counts": unknown, "rows": rows}
+    return {**result, "loops": loops, "unknown_trip_counts": unknown, "rows": rows,
+            "uncosted_kernels": uncosted}

@@ -35,15 +35,24 @@ class GpuLimits:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """A named target: how to compile for it and its datasheet figures."""
+    """A device the project knows: its datasheet figures and, for a target it compiles
+    for without the device, how (``gpu``: the card's gpu_target_config values;
+    ``tpu_topology``: libtpu's topology arguments).  The one home of device facts: peaks,
+    bandwidth and memory here; shared memory and compute capability in ``gpu``."""
 
     name: str
     platform: str  # "cuda" or "tpu"
-    device_kind: str
+    device_kind: str  # as jax reports it; a live device matches it or starts with it
     peak_bf16_flops: float  # dense, per chip
     hbm_bandwidth: float  # bytes/s
     hbm_bytes: int
     gpu: dict[str, Any] | None = None  # the per-card values of the gpu_target_config
+    tpu_topology: dict[str, Any] | None = None  # jax.experimental.topologies arguments
+
+    @property
+    def compiles(self) -> bool:
+        """Whether ``topology_devices`` can compile for it without the device."""
+        return self.gpu is not None or self.tpu_topology is not None
 
 
 # Per-card values of the gpu_target_config template (CUDA device attributes as
@@ -60,27 +69,40 @@ _L4 = dict(core_count=58, fpus_per_core=128, threads_per_core_limit=1536,
            shared_memory_per_core=102400, shared_memory_per_block_optin=101376,
            memory_bandwidth=300000000000, l2_cache_size=50331648, clock_rate_ghz=2.04,
            device_memory_size=24152899584, cc=(8, 9))
+GIB = 1024**3
 
-TARGETS: dict[str, Target] = {
-    "h100": Target("h100", "cuda", "NVIDIA H100 80GB HBM3", 989.4e12, 3.35e12,
-                   _H100["device_memory_size"], _H100),
-    "a100": Target("a100", "cuda", "NVIDIA A100-SXM4-80GB", 312e12, 2.039e12,
-                   _A100["device_memory_size"], _A100),
-    "l4": Target("l4", "cuda", "NVIDIA L4", 121e12, 300e9, _L4["device_memory_size"], _L4),
-    "v6e-1": Target("v6e-1", "tpu", "TPU v6 lite", 918e12, 1.64e12, 32 * 1024**3),
-}
-GPU_TARGETS = tuple(n for n, t in TARGETS.items() if t.platform == "cuda")
-
-# libtpu topology arguments (MaxText's accelerator_to_spec_map values)
-TPU_TOPOLOGIES = {
-    "v6e-1": dict(platform="tpu", topology_name="v6e:1x1", chip_config_name="default",
-                  chips_per_host_bounds=(1, 1, 1), num_slices=1, wrap=(False, False, False)),
-}
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    # compiled for ahead of time (``--topology``)
+    Target("h100", "cuda", "NVIDIA H100 80GB HBM3", 989.4e12, 3.35e12,
+           _H100["device_memory_size"], gpu=_H100),
+    Target("a100", "cuda", "NVIDIA A100-SXM4-80GB", 312e12, 2.039e12,
+           _A100["device_memory_size"], gpu=_A100),
+    Target("l4", "cuda", "NVIDIA L4", 121e12, 300e9, _L4["device_memory_size"], gpu=_L4),
+    # libtpu topology arguments: MaxText's accelerator_to_spec_map values
+    Target("v6e-1", "tpu", "TPU v6 lite", 918e12, 1.64e12, 32 * GIB,
+           tpu_topology=dict(platform="tpu", topology_name="v6e:1x1",
+                             chip_config_name="default", chips_per_host_bounds=(1, 1, 1),
+                             num_slices=1, wrap=(False, False, False))),
+    # datasheet only: the roofline and MFU of a run on one of them
+    Target("h200", "cuda", "NVIDIA H200", 989.4e12, 4.8e12, 141 * 10**9),
+    Target("h100-pcie", "cuda", "NVIDIA H100 PCIe", 756e12, 2.0e12, 80 * GIB),
+    Target("a100-40gb", "cuda", "NVIDIA A100-SXM4-40GB", 312e12, 1.555e12, 40 * GIB),
+    Target("v5p", "tpu", "TPU v5p", 459e12, 2.765e12, 95 * GIB),
+    Target("v5e", "tpu", "TPU v5 lite", 197e12, 819e9, 16 * GIB),
+    Target("v4", "tpu", "TPU v4", 275e12, 1.2e12, 32 * GIB),
+)}
+# what the CLI's --topology offers, and the GPUs among them
+COMPILE_TARGETS = tuple(n for n, t in TARGETS.items() if t.compiles)
+GPU_TARGETS = tuple(n for n in COMPILE_TARGETS if TARGETS[n].gpu is not None)
+# the chip the design is sized for (32 GB of HBM)
+DESIGN_TARGET = "v6e-1"
 
 # Shared memory per block (opt-in) by compute capability, for a live GPU (whose device object
-# gives its compute capability, not its limits) or a description not registered here.
-SMEM_BY_CC = {(7, 0): 98304, (7, 5): 65536, (8, 0): 166912, (8, 6): 101376, (8, 7): 166912,
-              (8, 9): 101376, (9, 0): 232448, (10, 0): 232448, (12, 0): 101376}
+# gives its compute capability, not its limits) or a description not registered here; the
+# named cards' own values for their capabilities.
+SMEM_BY_CC = {(7, 0): 98304, (7, 5): 65536, (8, 6): 101376, (8, 7): 166912, (10, 0): 232448,
+              (12, 0): 101376, **{t.gpu["cc"]: t.gpu["shared_memory_per_block_optin"]
+                                  for t in TARGETS.values() if t.gpu is not None}}
 # Dense bf16 tensor-core FLOPs (fp32 accumulation) per SM per clock, for the peak of an
 # unnamed description, by the data-centre datasheets: A100 312 TF = 108 SMs x 1.41 GHz x
 # 2048; A10 125 TF = 72 x 1.695 x 1024 (sm_86); L4 121 TF = 58 x 2.04 x 1024 (sm_89); H100
@@ -223,15 +245,18 @@ def topology_devices(name: str | None = None, *, target_config: str | None = Non
     the compiler wheels are missing."""
     if target_config is None:
         if name not in TARGETS:
-            raise ValueError(f"unknown topology {name!r}; known: {sorted(TARGETS)}")
-        if TARGETS[name].platform == "tpu":
+            raise ValueError(f"unknown topology {name!r}; known: {sorted(COMPILE_TARGETS)}")
+        if not TARGETS[name].compiles:
+            raise ValueError(f"{name} is a datasheet entry only: nothing describes how to "
+                             f"compile for it; known: {sorted(COMPILE_TARGETS)}")
+        if TARGETS[name].tpu_topology is not None:
             from jax.experimental import topologies
 
             # compiling touches no chip: let libtpu load beside another process's libtpu
             os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
             try:
-                return list(topologies.get_topology_desc(**TPU_TOPOLOGIES[name]).devices)
+                return list(topologies.get_topology_desc(**TARGETS[name].tpu_topology).devices)
             except Exception as e:  # no libtpu, or it refused the topology
                 raise RuntimeError(f"cannot compile for {name} (needs libtpu: pip install "
                                    f"-e '.[targets]'): {type(e).__name__}: {e}") from e
@@ -340,3 +365,13 @@ def datasheet(name: str | None = None, *, target_config: str | None = None) -> d
             "hbm_bandwidth": info["memory_bandwidth"], "hbm_bytes": info["device_memory_size"],
             "source": f"{info['device_kind']} description (SMs x clock x sm_{cc[0]}{cc[1]} "
                       "tensor rate)"}
+
+
+def device_datasheet(device: Any) -> dict[str, Any] | None:
+    """The datasheet figures (``datasheet``) of a live device whose kind is one of
+    ``TARGETS`` (equal to it or starting with it), else ``None`` (a CPU, an unknown card)."""
+    kind = getattr(device, "device_kind", "") or ""
+    for t in TARGETS.values():
+        if kind and (kind == t.device_kind or kind.startswith(t.device_kind)):
+            return datasheet(t.name)
+    return None

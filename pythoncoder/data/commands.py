@@ -11,6 +11,15 @@ from pythoncoder.data.decontam import DEFAULT_BENCHMARKS
 from pythoncoder.data.neardup import NearDedupConfig
 from pythoncoder.data.quality import QualityConfig
 from pythoncoder.data.stages import Cleaning
+from pythoncoder.utils.argtypes import (
+    EXIT_FAILED,
+    UsageError,
+    fraction,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 
 
 def configure_prepare(parser: argparse.ArgumentParser) -> None:
@@ -23,15 +32,16 @@ def configure_prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: the user cache entry for the stdlib "
                              "corpus, as `pythoncoder train` uses it; required with SOURCES)")
-    parser.add_argument("--seq-len", type=int, default=prepare_lib.DEFAULT_SEQ_LEN,
+    parser.add_argument("--seq-len", type=positive_int, default=prepare_lib.DEFAULT_SEQ_LEN,
                         help="tokens per training sequence; rows hold seq_len + 1 "
-                             "(default %(default)s)")
-    parser.add_argument("--val-fraction", type=float, default=prepare_lib.DEFAULT_VAL_FRACTION,
+                             "(default %(default)s, the 1b's; `train --preset tiny` trains "
+                             "at 256, so pass --seq-len 256 for it)")
+    parser.add_argument("--val-fraction", type=fraction, default=prepare_lib.DEFAULT_VAL_FRACTION,
                         help="share of files (by path hash) in the val split "
                              "(default %(default)s)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="tokenizer processes (default: all available CPUs)")
-    parser.add_argument("--max-files", type=int, default=None,
+    parser.add_argument("--max-files", type=positive_int, default=None,
                         help="read at most this many documents")
     parser.add_argument("--hf-split", default="train",
                         help="split of hf://datasets/OWNER/NAME sources (default %(default)s)")
@@ -40,27 +50,28 @@ def configure_prepare(parser: argparse.ArgumentParser) -> None:
     q = QualityConfig()
     filters = parser.add_argument_group(
         "quality filters (published rules; see pythoncoder/data/quality.py)")
-    filters.add_argument("--max-bytes", type=int, default=q.max_bytes,
+    filters.add_argument("--max-bytes", type=positive_int, default=q.max_bytes,
                          help="drop files larger than this (default %(default)s)")
-    filters.add_argument("--min-chars", type=int, default=q.min_chars,
+    filters.add_argument("--min-chars", type=nonnegative_int, default=q.min_chars,
                          help="drop files with fewer non-blank characters (default %(default)s)")
-    filters.add_argument("--max-line-length", type=int, default=q.max_line_length,
+    filters.add_argument("--max-line-length", type=positive_int, default=q.max_line_length,
                          help="drop files with a longer line (default %(default)s)")
-    filters.add_argument("--max-mean-line-length", type=float, default=q.max_mean_line_length,
+    filters.add_argument("--max-mean-line-length", type=positive_float,
+                         default=q.max_mean_line_length,
                          help="drop files with a longer mean line (default %(default)s)")
-    filters.add_argument("--min-alnum-fraction", type=float, default=q.min_alnum_fraction,
+    filters.add_argument("--min-alnum-fraction", type=fraction, default=q.min_alnum_fraction,
                          help="drop files with fewer alphanumeric characters "
                               "(default %(default)s)")
-    filters.add_argument("--max-encoded-chars", type=int, default=q.max_encoded_chars,
+    filters.add_argument("--max-encoded-chars", type=positive_int, default=q.max_encoded_chars,
                          help="drop files with more characters of base64/hex/escaped data "
                               "(default %(default)s; also over --max-encoded-fraction)")
-    filters.add_argument("--max-encoded-fraction", type=float, default=q.max_encoded_fraction,
+    filters.add_argument("--max-encoded-fraction", type=fraction, default=q.max_encoded_fraction,
                          help="(default %(default)s)")
     filters.add_argument("--no-quality-filters", action="store_true",
                          help="keep every file that parses and fits the size limits")
     n = NearDedupConfig()
     dedup = parser.add_argument_group("near dedup (MinHash + LSH, rensa)")
-    dedup.add_argument("--near-dedup-threshold", type=float, default=n.threshold,
+    dedup.add_argument("--near-dedup-threshold", type=unit_interval, default=n.threshold,
                        help="Jaccard of identifier 5-grams at which a later file is dropped "
                             "(default %(default)s)")
     dedup.add_argument("--no-near-dedup", action="store_true", help="exact dedup only")
@@ -71,13 +82,14 @@ def configure_prepare(parser: argparse.ArgumentParser) -> None:
                              "repeatable (default: humaneval)")
     contam.add_argument("--no-decontaminate", action="store_true",
                         help="keep files holding benchmark items (not recommended)")
-    parser.add_argument("--shard-tokens", type=int, default=prepare_lib.DEFAULT_SHARD_TOKENS,
+    parser.add_argument("--shard-tokens", type=positive_int,
+                        default=prepare_lib.DEFAULT_SHARD_TOKENS,
                         help="tokens per shard, at most (default %(default)s)")
     parser.add_argument("--tokenizer", default=None, metavar="TOKENIZER_JSON",
                         help="use this tokenizer.json (e.g. the official Qwen one) instead of "
                              "building it from qwen.tiktoken")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run_prepare)
+    parser.set_defaults(func=run_prepare, starts_jax=False)
 
 
 def cleaning_from_args(args: argparse.Namespace) -> Cleaning:
@@ -106,16 +118,12 @@ def run_prepare(args: argparse.Namespace) -> int:
     try:
         cleaning = cleaning_from_args(args)
     except ValueError as e:
-        print(f"pythoncoder prepare: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     if args.out is None:
         if args.sources:
-            print("pythoncoder prepare: --out DIR is required with SOURCES", file=sys.stderr)
-            return 2
+            raise UsageError("--out DIR is required with SOURCES")
         if args.tokenizer or not _is_default(cleaning):
-            print("pythoncoder prepare: filter and tokenizer options need --out DIR",
-                  file=sys.stderr)
-            return 2
+            raise UsageError("filter and tokenizer options need --out DIR")
         out = prepare_lib.ensure_stdlib_data(
             args.seq_len, max_files=args.max_files, num_workers=args.workers,
             val_fraction=args.val_fraction, progress=progress)
@@ -128,12 +136,11 @@ def run_prepare(args: argparse.Namespace) -> int:
             num_workers=args.workers, max_files=args.max_files, cleaning=cleaning,
             shard_tokens=args.shard_tokens, tokenizer_path=args.tokenizer, progress=progress,
             hf_split=args.hf_split, hf_column=args.hf_column)
-    except prepare_lib.PrepareError as e:
-        print(f"pythoncoder prepare: {e}", file=sys.stderr)
-        return 2
+    except prepare_lib.PrepareError as e:  # the input (sources, --out) must change
+        raise UsageError(str(e)) from None
     except (FileNotFoundError, ValueError, ImportError) as e:
-        print(f"pythoncoder prepare: {e}", file=sys.stderr)
-        return 1
+        print(f"pythoncoder prepare: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     print(prepare_lib.summary(manifest))
     print(f"out: {args.out}")
     return 0

@@ -175,6 +175,23 @@ def _cached_files(src: HfSource) -> list[str]:
     return sorted(out)
 
 
+# The Hub client's transport errors (requests, httpx or httpx2, by huggingface_hub version):
+# no network, a DNS failure, a timeout.
+_CLIENTS = ("requests", "urllib3", "httpx", "httpx2", "httpcore", "httpcore2")
+_TRANSPORT = ("ConnectionError", "ConnectError", "TransportError", "NetworkError", "Timeout",
+              "TimeoutException")
+
+
+def _unreachable(src: HfSource, e: BaseException) -> ValueError | None:
+    """A one-line error for a transport failure of the Hub's client, else ``None``."""
+    if not any(c.__module__.split(".")[0] in _CLIENTS and c.__name__ in _TRANSPORT
+               for c in type(e).__mro__):
+        return None
+    return ValueError(f"{src.url}: cannot reach the Hugging Face Hub ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else 'no detail'}); with "
+                      "HF_HUB_OFFLINE=1 a dataset already in the cache is read without it")
+
+
 def _repo_files(src: HfSource) -> list[str]:
     if _offline():
         return _cached_files(src)
@@ -190,6 +207,11 @@ def _repo_files(src: HfSource) -> list[str]:
     except RepositoryNotFoundError:
         raise ValueError(f"{src.url}: no dataset {src.repo_id} on the Hub (or it is private "
                          "or gated and no token with access is set)") from None
+    except Exception as e:
+        error = _unreachable(src, e)
+        if error is None:
+            raise
+        raise error from None
 
 
 def parquet_files(src: HfSource | str, split: str = "train") -> list[str]:
@@ -212,6 +234,11 @@ def _download(src: HfSource, filename: str) -> str:
         if offline:
             raise _not_cached(src, filename) from None
         raise
+    except Exception as e:
+        error = _unreachable(src, e)
+        if error is None:
+            raise
+        raise error from None
 
 
 def fetch_parquet(url: str, split: str = "train") -> Iterator[tuple[str, str]]:

@@ -24,6 +24,7 @@ existing dataset in ``out_dir`` intact.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -421,9 +422,31 @@ def _remove_stale_builds(out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _make_parents(out_dir: Path) -> list[Path]:
+    """Create ``out_dir``'s missing parent directories; return them, innermost first (a
+    failed prepare removes them again).  ``PrepareError`` if one of them is a file."""
+    missing = []
+    parent = out_dir.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PrepareError(f"--out {out_dir}: {parent} is not a directory")
+    try:
+        out_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PrepareError(f"--out {out_dir}: cannot create its directory ({e.strerror})"
+                           ) from None
+    return missing
+
+
 class PrepareError(ValueError):
     """Input the user must change (exit 2): no documents left after cleaning, too few
-    tokens for one row, an output path that is a file."""
+    tokens for one row, an output path that is a file, a source that does not exist."""
+
+
+class SourceNotFoundError(PrepareError, FileNotFoundError):
+    """A local source path that does not exist (found before anything is built)."""
 
 
 def prepare(
@@ -478,17 +501,21 @@ def prepare(
 
     for source in sources:  # before anything is built or replaced
         if not sources_lib.is_remote(source) and not Path(source).exists():
-            raise FileNotFoundError(f"source not found: {source}")
+            raise SourceNotFoundError(f"source not found: {source}")
     benchmarks = stages_lib.load_benchmarks(cleaning.benchmarks)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists() and not out_dir.is_dir():
         raise PrepareError(f"--out must be a directory, and {out_dir} is a file")
+    created = _make_parents(out_dir)
     _remove_stale_builds(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.prepare-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        try:
+            tmp.mkdir()
+        except OSError as e:
+            raise PrepareError(f"--out {out_dir}: cannot write in {tmp.parent} "
+                               f"({e.strerror})") from None
         manifest = _prepare_into(tmp, sources, seq_len=seq_len, val_fraction=val_fraction,
                                  num_workers=num_workers, max_files=max_files,
                                  cleaning=cleaning, benchmarks=benchmarks,
@@ -497,6 +524,9 @@ def prepare(
                                  hf={"hf_split": hf_split, "hf_column": hf_column})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # the directories made for the output, innermost first
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
     _swap_in(tmp, out_dir)
     return manifest

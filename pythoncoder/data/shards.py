@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pythoncoder.data.tokenizer import EOS_ID
+from pythoncoder.data.tokenizer import EOS_ID, NUM_TOKENS
 from pythoncoder.utils.files import atomic_write, atomic_write_text, file_sha256
 
 FORMAT = "pythoncoder-shards/1"
@@ -128,3 +128,19 @@ def open_split(data_dir: str | Path, split: str, verify: str = "sha256"
     row_len = int(manifest["seq_len"]) + 1
     entries = manifest["splits"][split]["shards"]
     return manifest, [open_shard(data_dir / e["file"], e, row_len, verify) for e in entries]
+
+
+def frequent_ids(data_dir: str | Path, rows: int) -> tuple[int, ...]:
+    """The ``rows - 1`` ids the train split of prepared data uses most, sorted (ties go to
+    the lower id), for ``ModelConfig.vocab_subset``; fewer when fewer ids occur."""
+    if rows < 2:
+        raise ValueError(f"a vocabulary subset needs at least 2 rows, got {rows}")
+    _, shards = open_split(data_dir, "train")
+    counts = np.zeros(NUM_TOKENS, np.int64)
+    for shard in shards:
+        for start in range(0, len(shard), 4096):
+            counts += np.bincount(np.asarray(shard[start:start + 4096]).ravel(),
+                                  minlength=NUM_TOKENS)[:NUM_TOKENS]
+    order = np.argsort(-counts, kind="stable")[: rows - 1]
+    order = order[counts[order] > 0]
+    return tuple(int(i) for i in np.sort(order))

@@ -32,7 +32,13 @@ from pythoncoder.eval.sandbox import (
     check_usable,
     default_workers,
 )
-from pythoncoder.utils.argtypes import nonnegative_float, positive_float, positive_int
+from pythoncoder.utils.argtypes import (
+    UsageError,
+    check_out_dir,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
 
 GENERATION_UNAVAILABLE = (
     "generation needs pythoncoder.infer (pythoncoder.infer.api.complete), which could not be "
@@ -65,7 +71,7 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--run", type=Path, metavar="RUN_DIR",
                         help="generate completions from this trained run, then score them")
     _add_common(mb)
-    parser.set_defaults(func=run_eval)
+    parser.set_defaults(func=run_eval, starts_jax=False)  # only --run needs it
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -74,7 +80,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     gen.add_argument("--temperature", type=nonnegative_float, default=0.2, help="default 0.2")
     gen.add_argument("--max-new-tokens", type=positive_int, default=512)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--limit", type=int, default=None, metavar="N",
+    gen.add_argument("--limit", type=positive_int, default=None, metavar="N",
                      help="only the first N problems (smoke runs)")
     box = p.add_argument_group("sandbox and report")
     box.add_argument("--timeout", type=positive_float, default=3.0, help="seconds per sample (3)")
@@ -92,12 +98,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
+        ks = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from e
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers: "
+                                         f"{text!r}")
+    return ks
 
 
 def _load_generator() -> Callable[..., list[list[str]]]:
+    from pythoncoder.utils.platforms import start_jax
+
+    start_jax()  # without the driver messages of the targets extra (cli.main skips eval)
     from pythoncoder.infer.api import complete  # lazy: generation is optional here
 
     return complete
@@ -117,6 +130,12 @@ def run_eval(args: argparse.Namespace) -> int:
         return 2
     if args.limit is not None:
         problems = dict(list(problems.items())[: args.limit])
+    if args.out is not None:
+        try:
+            check_out_dir(args.out, file=True)
+        except UsageError as e:
+            print(f"pythoncoder eval {name}: {e}", file=sys.stderr)
+            return 2
     try:  # before generating or scoring anything: never a results file of misjudged fails
         check_usable(config)
     except SandboxUnusable as e:
@@ -142,6 +161,9 @@ def run_eval(args: argparse.Namespace) -> int:
             samples = read_jsonl(args.samples)
         except (OSError, ValueError) as e:
             print(f"pythoncoder eval {name}: cannot read samples: {e}", file=sys.stderr)
+            return 2
+        if not samples:
+            print(f"pythoncoder eval {name}: no samples in {args.samples}", file=sys.stderr)
             return 2
         bad = [i for i, s in enumerate(samples) if "task_id" not in s or "completion" not in s]
         if bad:

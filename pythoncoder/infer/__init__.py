@@ -1,6 +1,16 @@
-"""Inference: KV-cache generation, sampling, MTP self-speculative decoding (INF-01..04)."""
+"""Inference: KV-cache generation, sampling, MTP self-speculative decoding (INF-01..04).
 
-from pythoncoder.infer.engine import DecodeState, Engine, GenerationResult, left_pad
-from pythoncoder.infer.sampling import GREEDY, SamplingConfig
+The names below load their module (and JAX) on first use, so the command line's argument
+checks (``pythoncoder.infer.commands``) run before JAX is imported.
+"""
 
-__all__ = ["GREEDY", "DecodeState", "Engine", "GenerationResult", "SamplingConfig", "left_pad"]
+from pythoncoder.utils.lazy import lazy_names
+
+# name -> the module that defines it
+_HOMES = {
+    "DecodeState": "engine", "Engine": "engine", "GenerationResult": "engine",
+    "left_pad": "engine",
+    "GREEDY": "sampling", "SamplingConfig": "sampling",
+}
+__all__ = sorted(_HOMES)
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)

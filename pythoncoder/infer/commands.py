@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pythoncoder.infer.stops import HUMANEVAL_STOPS, stable_prefix
 from pythoncoder.utils.argtypes import (
+    UsageError,
     nonnegative_float,
     nonnegative_int,
     positive_int,
@@ -70,8 +71,7 @@ def run_generate(args: argparse.Namespace) -> int:
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
     except (OSError, ValueError) as e:
-        print(f"pythoncoder generate: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     stops = [_unescape(s) for s in args.stop] + (list(HUMANEVAL_STOPS)
                                                  if args.humaneval_stops else [])
     run = str(args.run) if args.run is not None else None
@@ -86,8 +86,7 @@ def run_generate(args: argparse.Namespace) -> int:
         if yarn:
             gen = load_generator(run, True, args.step, weights)
     except (RunDirError, ExportError, OSError) as e:
-        print(f"pythoncoder generate: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
 
     stream = not (args.json or args.no_stream)
     shown = {"text": ""}
@@ -114,8 +113,7 @@ def run_generate(args: argparse.Namespace) -> int:
                                      stop=stops, seed=args.seed, speculative=args.speculative,
                                      on_tokens=collect if stream else None)
     except ValueError as e:
-        print(f"pythoncoder generate: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     stats = dict(result.stats, yarn=bool(yarn))
     if args.json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -134,4 +132,38 @@ def run_generate(args: argparse.Namespace) -> int:
     spec = "" if math.isnan(acc) else f", acceptance {acc:.1%}"
     print(f"[{stats['generated_tokens']} tokens, {stats['decode_tokens_per_second']:.1f} tok/s "
           f"decode{spec}; finish: {', '.join(result.finish_reasons)}]", file=sys.stderr)
+    return 0
+
+
+def configure_export(p: argparse.ArgumentParser) -> None:
+    """``pythoncoder export --run RUN --out DIR``: a run's weights in the portable format
+    of ``pythoncoder.export``."""
+    from pythoncoder.export import DTYPES
+
+    p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR",
+                   help="training run directory")
+    p.add_argument("--step", type=nonnegative_int, default=None,
+                   help="checkpoint step (default: latest)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="export directory (model.safetensors, config.json, tokenizer.json)")
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                   help="stored tensor dtype (default bfloat16)")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pythoncoder.export import ExportError, export_weights, tensor_names
+    from pythoncoder.infer.loading import RunDirError, load_for_inference
+    from pythoncoder.utils.argtypes import UsageError, check_out_dir
+
+    check_out_dir(args.out)
+    try:
+        model, cfg = load_for_inference(args.run, step=args.step)
+        out = export_weights(model, cfg, args.out, dtype=args.dtype)
+    except (RunDirError, ExportError, OSError) as e:
+        raise UsageError(str(e)) from None
+    n = sum(int(np.prod(s)) for s in tensor_names(cfg).values())
+    print(f"exported {n:,} parameters ({args.dtype}) to {out}")
     return 0

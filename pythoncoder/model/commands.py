@@ -6,7 +6,6 @@ import argparse
 import json
 
 from pythoncoder.model.config import PRESETS, ModelConfig
-from pythoncoder.model.params import model_info
 
 
 def configure_info(p: argparse.ArgumentParser) -> None:
@@ -17,6 +16,8 @@ def configure_info(p: argparse.ArgumentParser) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from pythoncoder.model.params import model_info
+
     cfg = ModelConfig.preset(args.preset)
     if args.yarn:
         cfg = cfg.with_yarn()

@@ -11,9 +11,9 @@ import dataclasses
 import math
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
+# JAX is imported where it is used, not here: the command line reads the presets and the
+# policy names to check its arguments before JAX loads (a typo answers in well under a
+# second).
 PRESETS = ("tiny", "small", "1b")
 REMAT_POLICIES = ("none", "full", "dots", "names", "auto")
 # "auto": the fused Pallas kernel on GPU/TPU, the reference (the definition of correctness)
@@ -23,7 +23,7 @@ ATTENTION_IMPLS = ("auto", "reference", "pallas")
 # generation); "rbg" uses the backend's bit generator (as MaxText does).  "auto" = rbg on
 # GPU/TPU and threefry on CPU.  Masks depend on the choice, never on anything else.
 DROPOUT_RNGS = ("auto", "threefry", "rbg", "unsafe_rbg")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = ("bfloat16", "float16", "float32")  # jax.numpy names: ModelConfig.dtype()
 TPU_ALIGNMENT = 256
 
 
@@ -128,9 +128,12 @@ class ModelConfig:
 
     def dtype(self) -> Any:
         """The resolved compute dtype."""
+        import jax
+        import jax.numpy as jnp
+
         if self.compute_dtype == "auto":
             return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-        return DTYPES[self.compute_dtype]
+        return getattr(jnp, self.compute_dtype)
 
     def resolved_attention_impl(self, backend: str | None = None) -> str:
         """``reference`` or ``pallas``: ``auto`` is the fused kernel on GPU/TPU only."""
@@ -251,6 +254,8 @@ _PRESET_FIELDS: dict[str, dict[str, Any]] = {
 def target_platform() -> str:
     """The platform code is traced for: the ``jax.default_device`` in force (set while
     compiling ahead of time for a TPU topology from a CPU host), else the default backend."""
+    import jax
+
     device = jax.config.jax_default_device
     if device is None:
         return jax.default_backend()
@@ -261,4 +266,6 @@ def lambda_init(layer_index: Any) -> Any:
     """DIFF-01: lambda_init(l) = 0.8 - 0.6 exp(-0.3 l), l the 0-based layer index."""
     if isinstance(layer_index, int | float):
         return 0.8 - 0.6 * math.exp(-0.3 * layer_index)
+    import jax.numpy as jnp
+
     return 0.8 - 0.6 * jnp.exp(-0.3 * jnp.asarray(layer_index, jnp.float32))

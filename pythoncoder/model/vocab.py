@@ -19,7 +19,6 @@ gradient alone) is the full-vocabulary cross-entropy and compares with a full mo
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -54,25 +53,6 @@ def full_vocab_logits(cfg: ModelConfig, logits_K: jax.Array) -> jax.Array:
     full = jnp.broadcast_to(other, (*logits_K.shape[:-1], cfg.vocab_size))
     subset = jnp.asarray(cfg.vocab_subset, jnp.int32)
     return full.at[..., subset].set(logits_K[..., 1:])
-
-
-def frequent_ids(data_dir: str | Path, rows: int) -> tuple[int, ...]:
-    """The ``rows - 1`` ids the train split of prepared data uses most, sorted (ties go to
-    the lower id), for ``ModelConfig.vocab_subset``; fewer when fewer ids occur."""
-    from pythoncoder.data.shards import open_split
-    from pythoncoder.tokenizer import NUM_TOKENS
-
-    if rows < 2:
-        raise ValueError(f"a vocabulary subset needs at least 2 rows, got {rows}")
-    _, shards = open_split(data_dir, "train")
-    counts = np.zeros(NUM_TOKENS, np.int64)
-    for shard in shards:
-        for start in range(0, len(shard), 4096):
-            counts += np.bincount(np.asarray(shard[start:start + 4096]).ravel(),
-                                  minlength=NUM_TOKENS)[:NUM_TOKENS]
-    order = np.argsort(-counts, kind="stable")[: rows - 1]
-    order = order[counts[order] > 0]
-    return tuple(int(i) for i in np.sort(order))
 
 
 def row_ids(cfg: ModelConfig) -> np.ndarray:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
-import tempfile
 from pathlib import Path
 
-from pythoncoder.model import PRESETS, ModelConfig
+from pythoncoder.model.config import PRESETS, REMAT_POLICIES, ModelConfig
 from pythoncoder.utils.argtypes import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     UsageError,
+    check_out_dir,
     mesh_shape,
     nonnegative_float,
     nonnegative_int,
@@ -78,7 +79,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", type=mesh_shape, default=None, metavar="DATAxFSDP",
                    help="device mesh, e.g. 2x4 (default: all devices on fsdp)")
     p.add_argument("--compute-dtype", default=None, choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--remat", default=None, choices=["none", "full", "dots", "names", "auto"],
+    p.add_argument("--remat", default=None, choices=REMAT_POLICIES,
                    help="rematerialisation policy (default: the preset's; auto, for small "
                         "and 1b, compiles the step per policy and takes the least "
                         "recomputation that fits the device's memory)")
@@ -95,26 +96,28 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     for name in TRAIN_OVERRIDES:
         p.add_argument("--" + name.replace("_", "-"), dest=name,
                        type=OVERRIDE_TYPES.get(name, positive_int), default=None)
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, starts_jax=False)  # after the multi-host start
 
 
-def _check_out(out: Path) -> None:
-    """``--out`` must be a directory we can write (tried, not guessed: root ignores modes)."""
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"--out {out}: {probe} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot write in {probe} ({e.strerror})") from None
+def _check_checkpoints(out: Path, resume: bool) -> None:
+    """``--resume`` needs a checkpoint in ``--out``, a fresh run a directory without one
+    (``run.check_run_dir`` says the same, once the run directory is locked)."""
+    from pythoncoder.train.run import checkpoint_steps
+
+    steps = checkpoint_steps(out)
+    if resume and not steps:
+        raise UsageError(f"--resume: no checkpoint in {out / 'checkpoints'} (start the run "
+                         "without --resume)")
+    if steps and not resume:
+        raise UsageError(f"{out} already holds checkpoints (steps {steps}); pass --resume to "
+                         "continue that run, or choose another --out")
 
 
-def _check_data(data: str, seq_len: int) -> None:
+def _check_data(data: str, train_cfg) -> None:
+    """The prepared data is packed at the run's seq_len and fills one optimizer step."""
     from pythoncoder.data.shards import ShardError, read_manifest
 
+    seq_len = train_cfg.seq_len
     try:
         manifest = read_manifest(data)
     except ShardError as e:
@@ -122,14 +125,21 @@ def _check_data(data: str, seq_len: int) -> None:
     if int(manifest.get("seq_len", -1)) != seq_len:
         raise UsageError(f"--data {data} is packed at seq_len {manifest.get('seq_len')}, but "
                          f"seq_len {seq_len} was asked for (pass --seq-len "
-                         f"{manifest.get('seq_len')}, or prepare the data again)")
+                         f"{manifest.get('seq_len')}, or prepare the data again with "
+                         f"--seq-len {seq_len})")
+    rows = int(manifest.get("splits", {}).get("train", {}).get("rows", 0))
+    per_step = train_cfg.micro_batch * train_cfg.accum_steps
+    if rows < per_step:
+        raise UsageError(f"--data {data} has {rows} train row(s) of {seq_len + 1} tokens; one "
+                         f"step takes {per_step} (--micro-batch {train_cfg.micro_batch} x "
+                         f"--accum-steps {train_cfg.accum_steps}): give more data, or lower "
+                         f"them or --seq-len")
 
 
 def _with_vocab_subset(args: argparse.Namespace, cfg: ModelConfig, data) -> ModelConfig:
     """``cfg`` with ``--vocab-rows`` applied (the most frequent train ids of ``data``)."""
-    from pythoncoder.data.shards import ShardError
+    from pythoncoder.data.shards import ShardError, frequent_ids
     from pythoncoder.model.config import ConfigError
-    from pythoncoder.model.vocab import frequent_ids
 
     rows = args.vocab_rows if args.vocab_rows is not None else DEFAULT_VOCAB_ROWS.get(
         args.preset, 0)
@@ -151,12 +161,16 @@ def _with_vocab_subset(args: argparse.Namespace, cfg: ModelConfig, data) -> Mode
     return cfg
 
 
+def check_seq_len(preset: str, model_cfg: ModelConfig, seq_len: int) -> None:
+    limit = model_cfg.max_position_embeddings
+    if seq_len > limit:
+        raise UsageError(f"--seq-len {seq_len} is above the {limit} positions the "
+                         f"'{preset}' model supports")
+
+
 def validate_train_args(args: argparse.Namespace, model_cfg: ModelConfig, train_cfg) -> None:
     """Everything checkable before training starts; ``UsageError`` (exit 2) otherwise."""
-    limit = model_cfg.max_position_embeddings
-    if train_cfg.seq_len > limit:
-        raise UsageError(f"--seq-len {train_cfg.seq_len} is above the {limit} positions the "
-                         f"'{args.preset}' model supports")
+    check_seq_len(args.preset, model_cfg, train_cfg.seq_len)
     if args.mesh is not None:
         import jax
 
@@ -164,12 +178,25 @@ def validate_train_args(args: argparse.Namespace, model_cfg: ModelConfig, train_
         if d * f != jax.device_count():
             raise UsageError(f"--mesh {d}x{f} needs {d * f} devices; {jax.device_count()} "
                              f"are present ({jax.default_backend()})")
-    _check_out(Path(args.out))
+    check_out_dir(Path(args.out))
+    _check_checkpoints(Path(args.out), args.resume)
     if args.data is not None:
-        _check_data(args.data, train_cfg.seq_len)
+        _check_data(args.data, train_cfg)
+
+
+def _start_distributed() -> None:
+    from pythoncoder.train.sharding import maybe_initialize_distributed  # imports JAX
+
+    maybe_initialize_distributed()
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from pythoncoder.utils.platforms import start_jax
+
+    # jax.distributed.initialize (multi-host environment) before any backend starts (--mesh
+    # counts the devices below); the second call is for where start_jax did nothing
+    start_jax(before_backend=_start_distributed)
+    _start_distributed()
     from pythoncoder.checkpoint import CheckpointError
     from pythoncoder.data.shards import ShardError
     from pythoncoder.train.config import TrainConfigError, plan_run
@@ -219,10 +246,9 @@ def run_train(args: argparse.Namespace) -> int:
     except OSError as e:  # disk full or read-only while writing metrics or run files
         print(f"pythoncoder train: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    vals = summary["val_losses"]
-    if vals:
-        print(f"validation loss: {vals[0][1]:.4f} (step {vals[0][0]}) -> {vals[-1][1]:.4f} "
-              f"(step {vals[-1][0]})")
+    line = val_loss_line(summary["val_losses"], Path(summary["run_dir"]) / "metrics.jsonl")
+    if line:
+        print(line)
     if summary["plot"]:
         print(f"loss/LR curves: {summary['plot']}")
     print(f"run directory: {summary['run_dir']}")
@@ -242,12 +268,36 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def val_loss_line(this_process: list[tuple[int, float]], metrics: Path) -> str | None:
+    """The summary's validation line: the run's first measured loss -> its last.
+
+    A resumed run's earlier losses are in ``metrics.jsonl`` (this process measured only
+    its own steps); one measurement, or none in this process (a resume of a finished run),
+    is printed alone."""
+    measured: list[tuple[int, float]] = []
+    try:
+        for text in metrics.read_text().splitlines():
+            record = json.loads(text) if text.strip() else {}
+            if record.get("val_loss") is not None:
+                measured.append((int(record["step"]), float(record["val_loss"])))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        measured = []
+    if not measured and not this_process:
+        return None
+    first = measured[0] if measured else this_process[0]
+    last = this_process[-1] if this_process else measured[-1]
+    if first[0] == last[0]:
+        return f"validation loss: {last[1]:.4f} (step {last[0]})"
+    return (f"validation loss: {first[1]:.4f} (step {first[0]}) -> {last[1]:.4f} "
+            f"(step {last[0]})")
+
+
 def configure_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="1b", choices=PRESETS)
-    p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--accum-steps", type=int, default=8)
-    p.add_argument("--remat", default="full", choices=["none", "full", "dots", "names", "auto"],
+    p.add_argument("--micro-batch", type=positive_int, default=8)
+    p.add_argument("--seq-len", type=positive_int, default=2048)
+    p.add_argument("--accum-steps", type=positive_int, default=8)
+    p.add_argument("--remat", default="full", choices=REMAT_POLICIES,
                    help="remat policy to compile; auto compiles none, dots, full and takes, of "
                         "those within 90%% of the device memory, the smallest roofline bound "
                         "(with --topology, or on an accelerator with datasheet peaks; else "
@@ -292,14 +342,31 @@ def _memory_report(args: argparse.Namespace, model_cfg: ModelConfig, train_cfg,
     return report
 
 
+def _load_tpu_compiler(topology: str | None) -> None:
+    """Load libtpu for a TPU ``topology`` with the lines it logs on a host that is not a
+    TPU VM dropped (``utils.platforms.LIBTPU_NOISE``); its first load is the only one that
+    logs them.  A missing libtpu is left for the compile to report."""
+    from pythoncoder.targets import TARGETS, topology_devices
+    from pythoncoder.utils.platforms import filtered_stderr, is_libtpu_noise
+
+    if topology not in TARGETS or TARGETS[topology].platform != "tpu":
+        return
+    with filtered_stderr(is_libtpu_noise), contextlib.suppress(RuntimeError):
+        topology_devices(topology)
+
+
 def run_memory(args: argparse.Namespace) -> int:
-    from pythoncoder.train.config import TrainConfig
+    from pythoncoder.train.config import TrainConfig, TrainConfigError
     from pythoncoder.train.remat import is_out_of_memory
 
     model_cfg = ModelConfig.preset(args.preset, remat_policy=args.remat,
                                    compute_dtype=args.compute_dtype)
-    train_cfg = TrainConfig(micro_batch=args.micro_batch, seq_len=args.seq_len,
-                            accum_steps=args.accum_steps)
+    try:
+        train_cfg = TrainConfig(micro_batch=args.micro_batch, seq_len=args.seq_len,
+                                accum_steps=args.accum_steps)
+    except TrainConfigError as e:
+        raise UsageError(str(e)) from None
+    check_seq_len(args.preset, model_cfg, train_cfg.seq_len)
     topology, target_config = args.topology, None
     if args.target_config is not None:
         if topology is not None:
@@ -311,6 +378,7 @@ def run_memory(args: argparse.Namespace) -> int:
             parse_target_config(target_config)
         except (OSError, ValueError) as e:
             raise UsageError(f"--target-config {args.target_config}: {e}") from None
+    _load_tpu_compiler(topology)
     try:
         report = _memory_report(args, model_cfg, train_cfg, topology, target_config)
     except RuntimeError as e:

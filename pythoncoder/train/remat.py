@@ -22,6 +22,7 @@ shortfall).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -30,12 +31,12 @@ import jax
 import numpy as np
 
 from pythoncoder.model import ModelConfig
+from pythoncoder.targets import GIB
 from pythoncoder.train.config import TrainConfig
 from pythoncoder.train.memory import compile_train_step as compile_step
 
 REMAT_ORDER = ("none", "dots", "full")  # fastest first
 HEADROOM = 0.9  # of the device memory: allocator fragmentation, the data prefetch, eval
-GIB = 1024**3
 
 
 def device_memory_bytes(device: Any, sharing: int = 1) -> int | None:
@@ -69,9 +70,9 @@ def device_memory_bytes(device: Any, sharing: int = 1) -> int | None:
 
 def step_bytes(compiled: Any) -> int:
     """Per-device bytes of a compiled step: arguments + outputs - donated + temporaries."""
-    mem = compiled.memory_analysis()
-    return (int(mem.argument_size_in_bytes) + int(mem.output_size_in_bytes)
-            - int(mem.alias_size_in_bytes) + int(mem.temp_size_in_bytes))
+    from pythoncoder.train.accounting import CompiledMemory
+
+    return CompiledMemory.of(compiled).total_bytes
 
 
 def compiled_step_bytes(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any, abstract: Any,
@@ -88,16 +89,11 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def device_peaks(device: Any) -> dict[str, Any] | None:
-    """The datasheet peaks (dense bf16 FLOP/s, HBM bandwidth) of a live accelerator named in
-    ``pythoncoder.targets.TARGETS`` (by its device kind), else ``None`` (a CPU, an unknown
-    card)."""
+    """The datasheet peaks of a live accelerator (``targets.device_datasheet``), else
+    ``None`` (a CPU, an unknown card)."""
     from pythoncoder import targets
 
-    kind = getattr(device, "device_kind", "")
-    for target in targets.TARGETS.values():
-        if kind and (kind == target.device_kind or kind.startswith(target.device_kind)):
-            return targets.datasheet(target.name)
-    return None
+    return targets.device_datasheet(device)
 
 
 def step_roofline(compiled: Any, peaks: dict[str, Any]) -> dict[str, Any] | None:
@@ -111,11 +107,10 @@ def step_roofline(compiled: Any, peaks: dict[str, Any]) -> dict[str, Any] | None
     cost = hlo_cost.analyse(compiled.as_text())
     if cost["unknown_trip_counts"]:
         return None
-    compute_s = cost["flops"] / peaks["peak_bf16_flops"]
-    memory_s = cost["bytes accessed"] / peaks["hbm_bandwidth"]
-    return {"flops": cost["flops"], "hbm_bytes": cost["bytes accessed"],
-            "compute_s": compute_s, "memory_s": memory_s, "bound_s": max(compute_s, memory_s),
-            "bound": "compute" if compute_s >= memory_s else "memory"}
+    from pythoncoder.train.accounting import Roofline
+
+    roof = Roofline.of(cost["flops"], cost["bytes accessed"], peaks)
+    return {**dataclasses.asdict(roof), "bound_s": roof.bound_s, "bound": roof.bound}
 
 
 def step_bound(compiled: Any, peaks: dict[str, Any]) -> float | None:

@@ -28,6 +28,7 @@ from pythoncoder.checkpoint import Checkpointer, CheckpointError, read_run_file,
 from pythoncoder.data.loader import make_loader
 from pythoncoder.data.shards import ShardError
 from pythoncoder.model import ModelConfig, abstract_model, build_model
+from pythoncoder.train.accounting import model_flops_per_token
 from pythoncoder.train.config import RunPlan, TrainConfig, TrainConfigError, plan_run
 from pythoncoder.train.host import Evaluation
 from pythoncoder.train.memory import abstract_train_state
@@ -42,7 +43,6 @@ from pythoncoder.train.sharding import (
 )
 from pythoncoder.train.step import init_train_state, make_eval_step, make_train_step
 from pythoncoder.utils.files import atomic_write_text
-from pythoncoder.utils.perf import nominal_peak_flops, train_flops_per_token
 
 
 @dataclasses.dataclass
@@ -117,7 +117,7 @@ def build_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data_dir: str | Pa
                sink=MetricsSink(run_dir, total=plan.total_steps, initial=start,
                                 progress=progress),
                base_key=jax.random.PRNGKey(train_cfg.seed),
-               flops_per_token=train_flops_per_token(model_cfg, train_cfg.seq_len),
+               flops_per_token=model_flops_per_token(model_cfg, train_cfg.seq_len),
                peak_flops=mesh_peak_flops(mesh, peak_flops), remat=remat)
 
 
@@ -173,8 +173,7 @@ def check_run_dir(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
     """A fresh run refuses a directory that holds checkpoints; a resume needs one, and
     must continue ``run.json``'s run (``check_resume``)."""
     ckpt_dir = run_dir / "checkpoints"
-    existing = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) \
-        if ckpt_dir.is_dir() else []
+    existing = checkpoint_steps(run_dir)
     if resume:
         if not existing:
             raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir.absolute()}")
@@ -182,6 +181,13 @@ def check_run_dir(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
     elif existing:
         raise CheckpointError(f"{run_dir} already holds checkpoints (steps {existing}); pass "
                               "--resume to continue that run, or choose another --out")
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps ``run_dir`` holds checkpoint directories for (verified or not), sorted."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) \
+        if ckpt_dir.is_dir() else []
 
 
 def check_resume(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -287,5 +293,8 @@ def step_function(graphdef, tx, model_cfg: ModelConfig, shardings, mesh, compile
 def mesh_peak_flops(mesh, per_device: float | None) -> float | None:
     """The mesh's peak FLOP/s: ``per_device`` (else the datasheet peak of a known
     accelerator) times its devices; ``None`` when unknown (a CPU)."""
-    per_device = per_device or nominal_peak_flops(mesh.devices.flat[0])
+    from pythoncoder.targets import device_datasheet
+
+    sheet = None if per_device else device_datasheet(mesh.devices.flat[0])
+    per_device = per_device or (sheet["peak_bf16_flops"] if sheet else None)
     return per_device * mesh.devices.size if per_device else None

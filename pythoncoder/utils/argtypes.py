@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import tempfile
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 75
 EXIT_CODES_HELP = ("exit codes: 0 done; 1 failed (checkpoint, lock, non-finite, save error); "
@@ -63,6 +65,14 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A float in [0, 1]."""
+    value = _number(float, text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """A float in (0, 1] (top-p)."""
     value = _number(float, text)
@@ -78,3 +88,21 @@ def mesh_shape(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected DATAxFSDP with positive integers, e.g. "
                                          f"1x8; got {text!r}")
     return int(m[1]), int(m[2])
+
+
+def check_out_dir(out: Path, flag: str = "--out", *, file: bool = False) -> None:
+    """``out`` (with ``file``: the directory of the file ``out``) must be a directory we can
+    write, or one we can create (tried, not guessed: root ignores modes); ``UsageError``
+    otherwise.  Nothing is created."""
+    if file and out.is_dir():
+        raise UsageError(f"{flag} {out} is a directory, not a file")
+    probe = out.parent if file else out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {out}: {probe} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {out}: cannot write in {probe} ({e.strerror})") from None

@@ -1,4 +1,6 @@
-"""Device ceilings measured in-process, and model FLOP accounting for MFU."""
+"""Device ceilings measured in-process (matmul rate, copy bandwidth).  Datasheet
+peaks: ``pythoncoder.targets``; model FLOPs and the bytes a decode step must read:
+``pythoncoder.train.accounting``."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-
-from pythoncoder.model import ModelConfig
 
 
 def _time(fn, *args, min_time: float = 0.3, max_iters: int = 200) -> float:
@@ -24,24 +24,6 @@ def _time(fn, *args, min_time: float = 0.3, max_iters: int = 200) -> float:
         iters += 1
         if time.perf_counter() - start >= min_time or iters >= max_iters:
             return best
-
-
-# Nominal dense bf16 peak per chip (TFLOP/s, vendor datasheets), by device_kind prefix;
-# MFU in the training log uses --peak-tflops, else this table, else none (never a matmul
-# timed at every start; `nox -s benchmarks` measures the achievable rate).
-NOMINAL_PEAK_TFLOPS = {
-    "TPU v6": 918.0, "TPU v5p": 459.0, "TPU v5": 197.0, "TPU v4": 275.0,
-    "NVIDIA H200": 989.0, "NVIDIA H100": 989.0, "NVIDIA A100": 312.0,
-}
-
-
-def nominal_peak_flops(device=None) -> float | None:
-    """The datasheet bf16 peak (FLOP/s) of ``device`` (default: the first), or ``None``."""
-    kind = (device or jax.devices()[0]).device_kind
-    for prefix, tflops in NOMINAL_PEAK_TFLOPS.items():
-        if kind.startswith(prefix):
-            return tflops * 1e12
-    return None
 
 
 def measure_matmul_flops(dtype=None, n: int | None = None, min_time: float = 0.3) -> float:
@@ -68,42 +50,6 @@ def measure_copy_bandwidth(nbytes: int | None = None, min_time: float = 0.3) -> 
         best = min(best, time.perf_counter() - t0)
         iters += 1
     return 2 * nbytes / best
-
-
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Model FLOPs per trained token, MaxText-style: 6 x matmul parameters + attention.
-
-    * matmul parameters: every weight matrix except the embedding lookup; the output
-      head counts twice because the MTP module reuses it (main + MTP logits).
-    * attention (causal, so half the full T x T map), forward + backward = 3 x forward:
-      per layer the two differential score maps cost 2*T*q_width and A.V costs
-      2*T*(heads*2*head_dim) = 2*T*q_width, so 3 * 0.5 * 4 * T * q_width = 6*T*q_width.
-    """
-    d, L = cfg.hidden_size, cfg.num_layers
-    attn = d * cfg.q_width + 2 * d * cfg.kv_width + cfg.num_diff_heads * cfg.value_head_dim * d
-    mlp = 3 * d * cfg.intermediate_size
-    head = d * cfg.model_vocab_rows
-    mtp = 2 * d * d
-    matmul_params = L * (attn + mlp) + 2 * head + mtp
-    return 6.0 * matmul_params + L * 6.0 * seq_len * cfg.q_width
-
-
-def decode_step_bytes(params, cfg: ModelConfig, batch: int, context: float, *,
-                      with_mtp: bool) -> float:
-    """Bytes one decode step must read: every weight once (the embedding only for the
-    ``batch`` rows it gathers; the MTP module only ``with_mtp``) plus the live KV cache of
-    ``context`` tokens per row.  ``batch`` x bandwidth / this is the decode roofline."""
-    total = 0
-    for path, x in jax.tree_util.tree_leaves_with_path(params):
-        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        if keys[0] == "mtp" and not with_mtp:
-            continue
-        if keys[0] == "embed":
-            total += batch * x.shape[-1] * x.dtype.itemsize
-            continue
-        total += x.size * x.dtype.itemsize
-    kv_item = jnp.dtype(cfg.dtype()).itemsize
-    return total + cfg.num_layers * batch * context * cfg.kv_values_per_token_per_layer * kv_item
 
 
 def bench_preset(name: str, backend: str) -> str:

@@ -364,3 +364,26 @@ def test_online_lists_with_the_api_and_downloads_each_file(tmp_path, monkeypatch
     assert calls == [("list", REPO, "dataset", "v2"),
                      ("get", "train/0.parquet", "v2", False),
                      ("get", "train/1.parquet", "v2", False)]
+
+
+def test_an_unreachable_hub_is_one_clear_line_and_other_errors_pass_through(monkeypatch):
+    """No network (DNS failure, timeout) is a ValueError naming the URL and the offline
+    way out, whichever HTTP client this huggingface_hub uses; anything else is raised."""
+    src = hub.parse_hf_url("hf://datasets/owner/name")
+    connect = type("ConnectError", (Exception,), {"__module__": "httpx2._exceptions"})
+    old_style = type("ConnectionError", (OSError,), {"__module__": "requests.exceptions"})
+    for error in (connect("[Errno -2] Name or service not known"), old_style("refused")):
+        got = hub._unreachable(src, error)
+        assert isinstance(got, ValueError) and "\n" not in str(got)
+        assert str(got).startswith("hf://datasets/owner/name: cannot reach the Hugging Face Hub")
+        assert "HF_HUB_OFFLINE=1" in str(got)
+    assert hub._unreachable(src, RuntimeError("a bug")) is None
+    assert hub._unreachable(src, type("ConnectError", (Exception,), {})("ours")) is None
+
+    def no_network(*_a, **_k):
+        raise connect("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(hub, "_offline", lambda: False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", no_network)
+    with pytest.raises(ValueError, match="cannot reach the Hugging Face Hub"):
+        hub.parquet_files(src)

@@ -48,8 +48,8 @@ def test_bad_sources(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported"):
         list(sources.iter_documents([tmp_path / "x.csv"]))
-    assert prep.prepare.__name__ and cli_main(
-        ["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert prep.prepare.__name__ and cli_main(  # bad input, found before any work
+        ["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
 
 
 def test_directory_walk_skips_installed_packages_and_caches(tmp_path):

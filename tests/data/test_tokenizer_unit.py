@@ -82,14 +82,6 @@ def test_tokenizer_path_from_environment(monkeypatch, tmp_path):
     assert not (tmp_path / "empty-cache").exists()  # nothing was built
 
 
-def test_re_export():
-    import pythoncoder.tokenizer as top
-
-    assert top.load_tokenizer is tokmod.load_tokenizer
-    assert (top.EOS_ID, top.NUM_TOKENS, top.PADDED_VOCAB_SIZE) == (151643, 151665, 151808)
-    assert top.PADDING_IDS == range(151665, 151808)
-
-
 def test_another_tokenizers_version_neither_reads_nor_overwrites_this_versions_entry(
         monkeypatch, tmp_path):
     """The cache entry is keyed by the ``tokenizers`` version that built it: under another

@@ -12,7 +12,7 @@ import pytest
 from pythoncoder.cli import main
 from pythoncoder.devicecheck import PARTS, markdown, parse_pytest
 from pythoncoder.model import ModelConfig
-from pythoncoder.utils import perf
+from pythoncoder.train.accounting import model_flops_per_token
 
 PEAK_TFLOPS = 0.001  # a stated peak, so MFU is defined on the CPU
 SEQ, BATCH, STEPS, ACCUM = 32, 2, 2, 2
@@ -56,7 +56,7 @@ def test_train_figures_follow_from_the_measured_times(dry_run):
     assert r["tokens_per_s"] == pytest.approx(ACCUM * BATCH * SEQ / r["step_s"], rel=1e-12)
     # a CPU has no datasheet peaks: no roofline bound beside the time, and the table says so
     assert r["roofline"] is None and r["step_over_bound"] is None
-    fpt = perf.train_flops_per_token(ModelConfig.preset("tiny"), SEQ)
+    fpt = model_flops_per_token(ModelConfig.preset("tiny"), SEQ)
     assert r["flops_per_token"] == pytest.approx(fpt, rel=1e-12)
     assert r["peak_flops"] == pytest.approx(PEAK_TFLOPS * 1e12, rel=1e-12)
     assert r["mfu"] == pytest.approx(r["tokens_per_s"] * fpt / r["peak_flops"], rel=1e-12)

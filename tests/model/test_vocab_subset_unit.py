@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
+from pythoncoder.data.shards import frequent_ids
 from pythoncoder.model import ModelConfig, build_model
 from pythoncoder.model.config import ConfigError
 from pythoncoder.model.loss import lm_loss
 from pythoncoder.model.vocab import (
-    frequent_ids,
     full_vocab_logits,
     greedy_ids,
     other_log_share,

@@ -274,3 +274,36 @@ def test_loss_statistics_kernel_compiles_for_the_tpu_and_counts_its_declared_cos
     assert rows[0]["bytes"] == declared.bytes_accessed
     assert declared.bytes_accessed < n * v * 4  # less than the fp32 logits it never writes
     assert declared.flops <= cost["flops"] <= 1.01 * declared.flops
+
+
+def test_a_new_kernel_is_counted_by_the_cost_it_declares_under_its_own_name():
+    """A toy Pallas kernel named like no kernel of the project (a scaled copy declaring
+    1e9 FLOPs), compiled by Mosaic for the v6e: the step's cost counts its declared FLOPs and
+    bytes, found by the name it was declared under; the same kernel called without declaring
+    its cost is listed as uncosted instead of being counted silently at zero."""
+    from jax.experimental import pallas as pl
+
+    from pythoncoder import hlo_cost
+
+    device = target_device("v6e-1")
+    S = jax.ShapeDtypeStruct
+    x = S((256, 256), jnp.float32)
+
+    def kernel(x_ref, o_ref):
+        o_ref[...] = x_ref[...] * 3.0
+
+    declared = pl.CostEstimate(flops=10**9, transcendentals=7, bytes_accessed=123_456)
+
+    def declared_call(x):
+        return da.pallas_call(kernel, name="toy_triple_kernel", out_shape=x,
+                              cost_estimate=declared)(x)
+
+    def undeclared_call(x):
+        return pl.pallas_call(kernel, name="toy_undeclared_kernel", out_shape=x)(x)
+
+    cost = hlo_cost.analyse(_compile(declared_call, (x,), device).as_text())
+    rows = [r for r in cost["rows"] if r["kind"] == "tpu_custom_call"]
+    assert len(rows) == 1 and rows[0]["bytes"] == 123_456
+    assert 10**9 <= cost["flops"] <= 10**9 + 10**6 and cost["uncosted_kernels"] == []
+    cost = hlo_cost.analyse(_compile(undeclared_call, (x,), device).as_text())
+    assert len(cost["uncosted_kernels"]) == 1 and cost["flops"] < 10**6

@@ -127,7 +127,7 @@ def test_throughput_and_mfu_after_a_resume_count_the_steps_run_since(data, tmp_p
     import itertools
 
     from pythoncoder.train import host, loop
-    from pythoncoder.utils.perf import train_flops_per_token
+    from pythoncoder.train.accounting import model_flops_per_token
 
     seconds = itertools.count()
     monkeypatch.setattr(loop, "Throughput", lambda *a, **k: host.Throughput(
@@ -143,7 +143,7 @@ def test_throughput_and_mfu_after_a_resume_count_the_steps_run_since(data, tmp_p
     rows = [r for r in rows if "tokens_per_s" in r]
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     tokens = 2 * tcfg.tokens_per_step  # two steps per logged row, one second between readings
-    flops = train_flops_per_token(mcfg, tcfg.seq_len)
+    flops = model_flops_per_token(mcfg, tcfg.seq_len)
     for r in rows:
         np.testing.assert_allclose(r["tokens_per_s"], tokens, rtol=1e-12, atol=0,
                                    err_msg=str(r))

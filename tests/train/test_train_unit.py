@@ -91,11 +91,23 @@ def test_memory_cli_json_is_consistent():
 def test_mfu_peak_comes_from_a_table_not_a_timed_matmul():
     from types import SimpleNamespace
 
-    from pythoncoder.utils.perf import nominal_peak_flops
+    from pythoncoder.targets import device_datasheet
+    from pythoncoder.train.run import mesh_peak_flops
 
-    assert nominal_peak_flops(SimpleNamespace(device_kind="TPU v6 lite")) == 918e12
-    assert nominal_peak_flops(SimpleNamespace(device_kind="NVIDIA H200")) == 989e12
-    assert nominal_peak_flops(SimpleNamespace(device_kind="cpu")) is None
+    def peak(kind):
+        sheet = device_datasheet(SimpleNamespace(device_kind=kind))
+        return sheet and sheet["peak_bf16_flops"]
+
+    assert peak("TPU v6 lite") == 918e12
+    assert peak("NVIDIA H200") == 989.4e12
+    assert peak("NVIDIA H100 PCIe") == 756e12  # not the SXM card's
+    assert peak("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert peak("cpu") is None and peak("NVIDIA GeForce RTX 4090") is None
+    mesh = SimpleNamespace(devices=np.array([SimpleNamespace(device_kind="TPU v6 lite")] * 4))
+    assert mesh_peak_flops(mesh, None) == 4 * 918e12
+    assert mesh_peak_flops(mesh, 1e12) == 4e12
+    cpu = SimpleNamespace(devices=np.array([SimpleNamespace(device_kind="cpu")]))
+    assert mesh_peak_flops(cpu, None) is None
 
 
 def test_metrics_sink_writes_jsonl_rows_history_and_optional_tensorboard(tmp_path):
