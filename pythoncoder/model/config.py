@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Any
 
+from pythoncoder.model.kernels import registry as kernel_registry
+
 # JAX is imported where it is used, not here: the command line reads the presets and the
 # policy names to check its arguments before JAX loads (a typo answers in well under a
 # second).
@@ -18,7 +20,7 @@ PRESETS = ("tiny", "small", "1b")
 REMAT_POLICIES = ("none", "full", "dots", "names", "auto")
 # "auto": the fused Pallas kernel on GPU/TPU, the reference (the definition of correctness)
 # on CPU, where Pallas only interprets.
-ATTENTION_IMPLS = ("auto", "reference", "pallas")
+ATTENTION_IMPLS = ("auto", "reference", *(k.name for k in kernel_registry.entries("attention")))
 # PRNG for dropout masks.  JAX's default threefry is costly on GPU (it dominates the mask
 # generation); "rbg" uses the backend's bit generator (as MaxText does).  "auto" = rbg on
 # GPU/TPU and threefry on CPU.  Masks depend on the choice, never on anything else.
@@ -139,7 +141,8 @@ class ModelConfig:
         """``reference`` or ``pallas``: ``auto`` is the fused kernel on GPU/TPU only."""
         if self.attention_impl != "auto":
             return self.attention_impl
-        return "reference" if (backend or target_platform()) == "cpu" else "pallas"
+        return kernel_registry.auto_choice("attention",
+                                           backend or target_platform()) or "reference"
 
     @property
     def built_remat_policy(self) -> str:

@@ -152,7 +152,9 @@ def chunked_cross_entropy(x_ND: jax.Array, w_DV: jax.Array, labels_N: jax.Array,
         labels_N = jnp.pad(labels_N, (0, pad))
         weights_N = jnp.pad(weights_N, (0, pad))
     if stats == "auto":  # the fused kernel where it runs natively: TPU (ce_stats' doc)
-        stats = "pallas" if target_platform() == "tpu" else "xla"
+        from pythoncoder.model.kernels import registry
+
+        stats = registry.auto_choice("loss", target_platform()) or "xla"
     if stats not in ("pallas", "xla"):
         raise ValueError(f"stats must be 'auto', 'pallas' or 'xla', not {stats!r}")
     return _chunked_ce(x_ND.reshape(k, chunk, -1), w_DV,

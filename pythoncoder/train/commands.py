@@ -304,9 +304,11 @@ def configure_memory(p: argparse.ArgumentParser) -> None:
                         "the first that fits), as train's auto does")
     p.add_argument("--compute-dtype", default="bfloat16",
                    choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--topology", default=None, choices=["v6e-1", "h100", "a100", "l4"],
+    from pythoncoder.targets import COMPILE_TARGETS
+
+    p.add_argument("--topology", default=None, choices=COMPILE_TARGETS,
                    help="compile ahead of time for this target with its own compiler (libtpu "
-                        "for v6e-1; XLA's GPU compiler, Triton and ptxas for the GPUs; "
+                        "for a TPU; XLA's GPU compiler, Triton and ptxas for the GPUs; "
                         "pip install -e '.[targets]'), and report FLOPs, HBM bytes and the "
                         "roofline step bound; default: the local backend")
     p.add_argument("--target-config", default=None, metavar="FILE",
@@ -349,7 +351,7 @@ def _load_tpu_compiler(topology: str | None) -> None:
     from pythoncoder.targets import TARGETS, topology_devices
     from pythoncoder.utils.platforms import filtered_stderr, is_libtpu_noise
 
-    if topology not in TARGETS or TARGETS[topology].platform != "tpu":
+    if topology not in TARGETS or TARGETS[topology].tpu_topology is None:
         return
     with filtered_stderr(is_libtpu_noise), contextlib.suppress(RuntimeError):
         topology_devices(topology)

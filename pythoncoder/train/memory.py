@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pythoncoder.model import ModelConfig, abstract_model
+from pythoncoder.model.kernels import registry as kernel_registry
 from pythoncoder.targets import GIB
 from pythoncoder.train.accounting import CompiledMemory, Roofline, model_flops_per_token
 from pythoncoder.train.config import TrainConfig
@@ -156,7 +157,7 @@ def memory_report(compiled: Any, model_cfg: ModelConfig, train_cfg: TrainConfig,
         "accum_steps": train_cfg.accum_steps,
         "remat_policy": model_cfg.built_remat_policy,
         # what the compiled program runs (auto falls back where no tiling fits the target)
-        "attention_impl": "pallas" if "diff_attention_fwd" in text else "reference",
+        "attention_impl": kernel_registry.found_in_program("attention", text) or "reference",
         # the GPU matmuls' code: Triton GEMM fusions, or cuBLAS where a deviceless compile
         # could not autotune Triton's (targets.compile_for); None off GPUs
         "gemm": targets.gemm_backend(text),

@@ -209,3 +209,27 @@ def test_cached_calls_take_the_decode_kernel_only_when_named_and_short(
         k_seg, cfg=cfg, self_attention=False, live_len=4 + queries))
     assert (out == MARK_DECODE).all() == decoded
     assert np.isfinite(out).all() and (decoded or not (out == MARK_DECODE).any())
+
+
+def test_the_kernels_declared_once_drive_config_auto_and_their_call_names():
+    """``model/kernels/registry.py`` is where a kernel is declared: the config's choices
+    are its attention entries (and the reference), ``auto`` takes an entry on the platforms
+    it names, the kernels' pallas_calls carry the entry's names, and the memory report's
+    "which attention ran" reads them from a program."""
+    from pythoncoder.model.kernels import ce_stats, diff_attention, registry
+
+    assert set(config.ATTENTION_IMPLS) == {"auto", "reference",
+                                           *(k.name for k in registry.entries("attention"))}
+    cfg = _cfg(attention_impl="auto")
+    for platform in ("cpu", "gpu", "cuda", "tpu"):
+        want = registry.auto_choice("attention", platform) or "reference"
+        assert cfg.resolved_attention_impl(platform) == want
+    assert cfg.resolved_attention_impl("cpu") == "reference"
+    assert cfg.resolved_attention_impl("tpu") == "pallas"
+    assert set(diff_attention.CALLS.values()) == set(registry.entry("attention", "pallas").calls)
+    assert ce_stats.NAME in registry.entry("loss", "pallas").calls
+    assert registry.found_in_program("attention", 'custom-call(...), name="diff_attention_fwd"') \
+        == "pallas"
+    assert registry.found_in_program("attention", "fusion(...)") is None
+    with pytest.raises(KeyError, match="no attention kernel named 'cudnn'"):
+        registry.entry("attention", "cudnn")

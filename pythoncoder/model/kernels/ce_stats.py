@@ -29,13 +29,14 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pythoncoder.model.kernels import registry
 from pythoncoder.model.kernels.diff_attention import _dot, pallas_call
 
 F32 = jnp.float32
 MASK_VALUE = -1e30
 BLOCK_ROWS = 2048
 BLOCK_VOCAB = 512
-NAME = "ce_stats"
+(NAME,) = registry.entry("loss", "pallas").calls
 
 
 def _kernel(x_ref, w_ref, y_ref, m_ref, s_ref, t_ref, *, bv: int, vocab: int):

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pythoncoder.model.config import target_platform
+from pythoncoder.model.kernels import registry
 
 MASK_VALUE = -1e30
 DEFAULT_BLOCK = 128
@@ -271,7 +272,10 @@ GPU_CANDIDATES = (
     KernelConfig(16, 32, 4, 1),
 )
 KERNELS = ("fwd", "bwd_q", "bwd_kv")
-GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+GPU_PLATFORMS = registry.GPU_PLATFORMS
+# the name each kernel's pallas_call carries (its registry entry's)
+CALLS = dict(zip(("fwd", "bwd_q", "bwd_kv", "decode"), registry.entry("attention", "pallas").calls,
+                 strict=True))
 # Triton's bf16/fp16 tensor-core dots need sm_80 (Ampere) or newer.
 MIN_COMPUTE_CAPABILITY = (8, 0)
 
@@ -490,7 +494,7 @@ def _forward(cfg, q1, q2, k1, k2, v, qseg, kseg, lam):
         compiler_params=cfg.compiler_params("fwd"),
         cost_estimate=cost_estimate("fwd", c, B=B, H=H, T=T, D=D, E=E, R=cfg.ratio,
                                     itemsize=q1.dtype.itemsize, causal=cfg.causal),
-        name="diff_attention_fwd",
+        name=CALLS["fwd"],
     )(q1, q2, k1, k2, v, qseg, kseg, lam)
 
 
@@ -514,7 +518,7 @@ def _backward_q(cfg, q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do):
         compiler_params=cfg.compiler_params("bwd_q"),
         cost_estimate=cost_estimate("bwd_q", c, B=B, H=H, T=T, D=D, E=E, R=cfg.ratio,
                                     itemsize=q1.dtype.itemsize, causal=cfg.causal),
-        name="diff_attention_bwd_q",
+        name=CALLS["bwd_q"],
     )(q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do)
 
 
@@ -545,7 +549,7 @@ def _backward_kv(cfg, q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do, d1, e)
         compiler_params=cfg.compiler_params("bwd_kv"),
         cost_estimate=cost_estimate("bwd_kv", c, B=B, H=H, T=T, D=D, E=E, R=R,
                                     itemsize=q1.dtype.itemsize, causal=cfg.causal),
-        name="diff_attention_bwd_kv",
+        name=CALLS["bwd_kv"],
     )(q1, q2, k1, k2, v, qseg, kseg, lam, lse1, lse2, do, d1, e)
 
 

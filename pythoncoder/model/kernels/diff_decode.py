@@ -38,6 +38,7 @@ from jax.experimental import pallas as pl
 
 from pythoncoder.model.config import target_platform
 from pythoncoder.model.kernels.diff_attention import (
+    CALLS,
     F32,
     GPU_PLATFORMS,
     KernelConfig,
@@ -168,7 +169,7 @@ def decode_diff_attention(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSGE: jax.Arra
         interpret=bool(interpret),
         compiler_params=compiler_params,
         cost_estimate=cost,
-        name="diff_attention_decode",
+        name=CALLS["decode"],
     )(live11, lam11, q1, q2.astype(q1.dtype), qpos, qseg, k_cols.astype(q1.dtype),
       k_cols.astype(q1.dtype), v_cols, kseg)
     out = out[:, :, :rows].reshape(B, G, R, T, E)
