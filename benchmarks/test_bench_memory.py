@@ -22,7 +22,7 @@ def test_train_step_memory_1b(benchmark, report, request):
 
     def run():
         result.update(train_step_memory(ModelConfig.preset("1b", compute_dtype="bfloat16"),
-                                        TrainConfig(), topology=topology))
+                                        TrainConfig(), topology=topology).to_json())
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update({k: v for k, v in result.items()

@@ -380,13 +380,13 @@ def test_distributed_initialize_only_with_env(monkeypatch):
 def test_1b_train_step_fits_32_gib():
     report = train_step_memory(ModelConfig.preset("1b", compute_dtype="bfloat16"),
                                TrainConfig())
-    assert (report["micro_batch"], report["seq_len"], report["accum_steps"]) == (8, 2048, 8)
+    assert (report.micro_batch, report.seq_len, report.accum_steps) == (8, 2048, 8)
     # params + two Adam moments, fp32: the state really is in the analysis
-    assert report["train_state_bytes"] >= 3 * 4 * 1_075_150_848
-    assert report["argument_bytes"] >= report["train_state_bytes"]
+    assert report.train_state_bytes >= 3 * 4 * 1_075_150_848
+    assert report.memory.argument_bytes >= report.train_state_bytes
     # gradients + accumulation buffer (fp32) live in temporaries
-    assert report["temp_bytes"] >= 2 * 4 * 1_075_150_848
-    assert report["total_bytes"] <= check_values("TRAIN-07")["limit_bytes"]
+    assert report.memory.temp_bytes >= 2 * 4 * 1_075_150_848
+    assert report.total_bytes <= check_values("TRAIN-07")["limit_bytes"]
 
 
 # ---------------------------------------------------------------- TRAIN-05/06/08 loop

@@ -319,7 +319,7 @@ def configure_memory(p: argparse.ArgumentParser) -> None:
 
 
 def _memory_report(args: argparse.Namespace, model_cfg: ModelConfig, train_cfg,
-                   topology: str | None, target_config: str | None) -> dict | None:
+                   topology: str | None, target_config: str | None):
     """The compiled step's memory report; with ``--remat auto`` the policy is the one
     ``choose_remat`` (train's chooser) takes for this target, ``None`` when the compiler
     refused every policy as out of memory."""
@@ -337,11 +337,10 @@ def _memory_report(args: argparse.Namespace, model_cfg: ModelConfig, train_cfg,
         return None
     report = memory_report(choice["compiled"], model_cfg.replace(remat_policy=choice["policy"]),
                            train_cfg, target)
-    report["remat_auto"] = {"budget_bytes": choice["budget_bytes"], "chosen": choice["policy"],
-                            "chosen_by": choice["chosen_by"],
-                            "compiled_bytes": choice["compiled_bytes"],
-                            "bound_s": choice["bound_s"]}
-    return report
+    return dataclasses.replace(report, remat_auto={
+        "budget_bytes": choice["budget_bytes"], "chosen": choice["policy"],
+        "chosen_by": choice["chosen_by"], "compiled_bytes": choice["compiled_bytes"],
+        "bound_s": choice["bound_s"]})
 
 
 def _load_tpu_compiler(topology: str | None) -> None:
@@ -397,7 +396,7 @@ def run_memory(args: argparse.Namespace) -> int:
         report = _memory_report(args, model_cfg, train_cfg, None, None)
     if report is None:  # remat auto: the compiler refused every policy as out of memory
         return 1
-    report["train_config"] = dataclasses.asdict(train_cfg)
+    report = {**report.to_json(), "train_config": dataclasses.asdict(train_cfg)}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -408,7 +407,8 @@ def run_memory(args: argparse.Namespace) -> int:
         for k in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "total_bytes"):
             print(f"  {k:<16}{report[k] / 2**30:8.2f} GiB")
         limit = report["limit_bytes"]
-        print(f"  fits {limit / 2**30:.1f} GiB: {report['total_bytes'] <= limit}")
+        print(f"  fits {limit / 2**30:.1f} GiB ({report['limit_of']}): "
+              f"{report['total_bytes'] <= limit}")
         print(f"  attention: {report['attention_impl']}")
         if report.get("cost_note"):
             print(f"  per step: {report['cost_note']}")

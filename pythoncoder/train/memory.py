@@ -119,7 +119,7 @@ def step_target(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
 
 def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                       topology: str | None = None, target_config: str | None = None,
-                      costs: bool = True, top: int = 12) -> dict[str, Any]:
+                      costs: bool = True, top: int = 12) -> MemoryReport:
     """Compile the train step abstractly and return its memory analysis in bytes.
 
     With ``topology`` or ``target_config`` (``step_target``) the target's own compiler
@@ -131,8 +131,51 @@ def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     return memory_report(compiled, model_cfg, train_cfg, target, costs=costs, top=top)
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """What ``pythoncoder memory`` reports: the compiled train step's memory per device
+    against the memory it must fit and, for a target, its FLOPs, HBM bytes and roofline
+    bound (``step_cost``: ``step_roofline``'s fields).  ``to_json`` is the flat form the
+    command prints with ``--json``."""
+
+    preset: str
+    target: str | None  # the target compiled for; None: the local backend
+    compiler: str
+    micro_batch: int
+    seq_len: int
+    accum_steps: int
+    remat_policy: str
+    attention_impl: str  # what the compiled program runs (auto may fall back)
+    gemm: str | None  # GPU matmul code: Triton GEMM fusions or cuBLAS; None off GPUs
+    compute_dtype: str
+    memory: CompiledMemory
+    train_state_bytes: int
+    limit_bytes: int  # the memory it must fit ...
+    limit_of: str  # ... whose: the target's, the local accelerator's, or the design chip's
+    step_cost: dict[str, Any] | None = None
+    remat_auto: dict[str, Any] | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return self.memory.total_bytes
+
+    @property
+    def fits_device(self) -> bool:
+        return self.total_bytes <= self.limit_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("memory", "step_cost", "remat_auto")}
+        out.update(dataclasses.asdict(self.memory), total_bytes=self.total_bytes,
+                   total_gib=self.total_bytes / GIB, fits_device=self.fits_device)
+        out.update(self.step_cost or {})
+        if self.remat_auto is not None:
+            out["remat_auto"] = self.remat_auto
+        return out
+
+
 def memory_report(compiled: Any, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                  target: StepTarget, *, costs: bool = True, top: int = 12) -> dict[str, Any]:
+                  target: StepTarget, *, costs: bool = True, top: int = 12) -> MemoryReport:
     """The memory analysis of the train step ``compiled`` for ``target``, in bytes.  With
     ``costs`` (for a target) the report adds the step's FLOPs and HBM bytes (loop bodies
     per trip, Pallas kernels by their declared cost: ``pythoncoder.hlo_cost``), the
@@ -142,43 +185,33 @@ def memory_report(compiled: Any, model_cfg: ModelConfig, train_cfg: TrainConfig,
 
     devices = list(target.mesh.devices.flat)
     topology, target_config, aot = target.topology, target.target_config, target.aot
-    mem = CompiledMemory.of(compiled)
-    total = mem.total_bytes
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(target.state))
     text = compiled.as_text()
     name = topology or (devices[0].device_kind if target_config else None)
-    report = {
-        "preset": model_cfg.name,
-        "target": name,
-        "compiler": f"{devices[0].platform} ({devices[0].device_kind})"
-                    + (f" ahead-of-time for {name}" if aot else ""),
-        "micro_batch": train_cfg.micro_batch,
-        "seq_len": train_cfg.seq_len,
-        "accum_steps": train_cfg.accum_steps,
-        "remat_policy": model_cfg.built_remat_policy,
-        # what the compiled program runs (auto falls back where no tiling fits the target)
-        "attention_impl": kernel_registry.found_in_program("attention", text) or "reference",
-        # the GPU matmuls' code: Triton GEMM fusions, or cuBLAS where a deviceless compile
-        # could not autotune Triton's (targets.compile_for); None off GPUs
-        "gemm": targets.gemm_backend(text),
-        "compute_dtype": jnp.dtype(model_cfg.dtype()).name,
-        **dataclasses.asdict(mem),
-        "total_bytes": total,
-        "total_gib": total / GIB,
-        "train_state_bytes": int(state_bytes),
-    }
     # the memory it must fit: the target's, the local accelerator's, else (a CPU) the chip
     # the design is sized for
     sheet = (targets.datasheet(topology, target_config=target_config) if aot
              else targets.device_datasheet(devices[0]))
     limit_of = name if aot else (devices[0].device_kind if sheet else targets.DESIGN_TARGET)
-    sheet_for_limit = sheet or targets.datasheet(targets.DESIGN_TARGET)
-    report["limit_bytes"] = int(sheet_for_limit["hbm_bytes"])
-    report["limit_of"] = limit_of
-    report["fits_device"] = total <= report["limit_bytes"]
-    if aot and costs:
-        report.update(step_roofline(text, sheet, model_cfg, train_cfg, top=top))
-    return report
+    return MemoryReport(
+        preset=model_cfg.name,
+        target=name,
+        compiler=f"{devices[0].platform} ({devices[0].device_kind})"
+                 + (f" ahead-of-time for {name}" if aot else ""),
+        micro_batch=train_cfg.micro_batch,
+        seq_len=train_cfg.seq_len,
+        accum_steps=train_cfg.accum_steps,
+        remat_policy=model_cfg.built_remat_policy,
+        attention_impl=kernel_registry.found_in_program("attention", text) or "reference",
+        gemm=targets.gemm_backend(text),
+        compute_dtype=jnp.dtype(model_cfg.dtype()).name,
+        memory=CompiledMemory.of(compiled),
+        train_state_bytes=int(sum(x.size * x.dtype.itemsize
+                                  for x in jax.tree.leaves(target.state))),
+        limit_bytes=int((sheet or targets.datasheet(targets.DESIGN_TARGET))["hbm_bytes"]),
+        limit_of=limit_of,
+        step_cost=(step_roofline(text, sheet, model_cfg, train_cfg, top=top)
+                   if aot and costs else None),
+    )
 
 
 def step_roofline(hlo_text: str, sheet: dict[str, Any], model_cfg: ModelConfig,

@@ -41,7 +41,7 @@ CFG = ModelConfig(name="micro", vocab_size=8192, hidden_size=256, num_layers=4, 
 def _memory(accum: int) -> dict:
     try:
         return train_step_memory(CFG, TrainConfig(micro_batch=2, seq_len=256,
-                                                  accum_steps=accum), topology="v6e-1")
+                                                  accum_steps=accum), topology="v6e-1").to_json()
     except RuntimeError as e:  # no libtpu: nothing to compile for
         if "cannot compile" in str(e) or "libtpu" in str(e).lower():
             pytest.skip(f"v6e-1 compile unavailable: {str(e).splitlines()[0]}")
@@ -82,4 +82,4 @@ def test_design_defaults_fit_90_percent_of_a_v6e():
         r = train_step_memory(cfg, TrainConfig(), topology="v6e-1")
     except RuntimeError as e:
         pytest.skip(f"v6e-1 compile unavailable: {str(e).splitlines()[0]}")
-    assert r["total_bytes"] <= 0.9 * 32 * 2**30, r["total_bytes"]
+    assert r.total_bytes <= 0.9 * 32 * 2**30, r.total_bytes
