@@ -24,10 +24,11 @@ in ``config.ATTENTION_IMPLS``, which a unit test holds equal).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -133,6 +134,20 @@ ATTENTION_REGISTRY: dict[str, AttentionImpl] = {
 ATTENTION_KERNELS = {name: impl.self_attention for name, impl in ATTENTION_REGISTRY.items()}
 
 
+@contextlib.contextmanager
+def substituted(name: str, self_attention: Callable[..., jax.Array]) -> Iterator[None]:
+    """Within the block, entry ``name``'s self-attention is ``self_attention`` (same
+    signature): what is traced inside sees it, and the entry is restored however the block
+    ends.  For a measurement that must run something the model is not, e.g. the device
+    check's speed limit (four cuDNN flash calls in place of the reference map)."""
+    saved = ATTENTION_KERNELS[name]
+    ATTENTION_KERNELS[name] = self_attention
+    try:
+        yield
+    finally:
+        ATTENTION_KERNELS[name] = saved
+
+
 def _fitting(cfg: ModelConfig, name: str, dtype) -> str:
     """``name`` where its self-attention can be sized for the target; otherwise ``auto``
     takes the reference with a one-line warning and an implementation named explicitly
@@ -173,10 +188,9 @@ def differential_attention(q, k, v, lam, q_slots, k_slots, q_seg, k_seg, *, cfg:
     ``k_seg`` are every layer's stacked cache and layer ``layer``'s live bucket is read."""
     if self_attention:
         impl = _fitting(cfg, cfg.resolved_attention_impl(), q.dtype)
-        if impl != "reference":
-            return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
-                                           block=cfg.attn_block_size)
-    elif live_len is not None:
+        return ATTENTION_KERNELS[impl](q, k, v, lam, q_seg, gqa_ratio=cfg.gqa_ratio,
+                                       block=cfg.attn_block_size)
+    if live_len is not None:
         return live_differential_map(q, k, v, lam, q_slots, k_seg, q_seg, live_len,
                                      gqa_ratio=cfg.gqa_ratio, block=cfg.attn_block_size,
                                      layer=layer, kernel=_decode_kernel(cfg, q.shape[1]))

@@ -233,3 +233,30 @@ def test_the_kernels_declared_once_drive_config_auto_and_their_call_names():
     assert registry.found_in_program("attention", "fusion(...)") is None
     with pytest.raises(KeyError, match="no attention kernel named 'cudnn'"):
         registry.entry("attention", "cudnn")
+
+
+def test_a_substituted_self_attention_is_traced_inside_the_block_only():
+    """``substituted`` puts a stand-in (the device check's cuDNN speed probe) in an entry's
+    place for what is traced inside the block, and restores the entry after, also when the
+    block raises."""
+    from pythoncoder.model import build_model
+
+    cfg = _cfg(attention_impl="reference")
+    model = build_model(cfg, seed=0)
+    tokens = jnp.arange(16, dtype=jnp.int32)[None] % cfg.vocab_size
+    honest = np.asarray(model(tokens))
+    original = attention_mod.ATTENTION_KERNELS["reference"]
+    calls = []
+
+    def zeros(q, k, v, lam, segment_ids_BT, *, gqa_ratio, block):
+        calls.append(q.shape)
+        return jnp.zeros((*q.shape[:2], q.shape[2] // 2, v.shape[-1]), v.dtype)
+
+    with attention_mod.substituted("reference", zeros):
+        probed = np.asarray(model(tokens))
+    assert calls and not np.allclose(probed, honest, rtol=0, atol=1e-3)
+    assert attention_mod.ATTENTION_KERNELS["reference"] is original
+    np.testing.assert_allclose(np.asarray(model(tokens)), honest, rtol=0, atol=0)
+    with pytest.raises(RuntimeError), attention_mod.substituted("reference", zeros):
+        raise RuntimeError("inside")
+    assert attention_mod.ATTENTION_KERNELS["reference"] is original
