@@ -81,6 +81,56 @@ class StepOutput(NamedTuple):
     accepted_B: jax.Array | None
 
 
+class _Rows:
+    """The host side of one ``generate`` call: each row's tokens so far and why it
+    stopped, filled from each step's output in order (EOS dropped; ``max_new_tokens``,
+    the stop ids and ``stop`` end a row after the token that ends it), and the counts
+    (``stats``)."""
+
+    def __init__(self, B: int, max_new_tokens: int, eos_id: int | None, stop_ids: set[int],
+                 stop: Callable[[int, list[int]], bool] | None,
+                 on_tokens: Callable[[int, list[int]], None] | None) -> None:
+        self.max_new_tokens, self.eos_id, self.stop_ids = max_new_tokens, eos_id, stop_ids
+        self.stop, self.on_tokens = stop, on_tokens
+        self.gen: list[list[int]] = [[] for _ in range(B)]
+        self.reasons: list[str | None] = [None] * B
+        self.stats: dict[str, Any] = dict(batch=B, prompt_tokens=0, steps=0, drafted=0,
+                                          accepted=0, speculative=False)
+
+    def active(self) -> list[int]:
+        return [b for b, r in enumerate(self.reasons) if r is None]
+
+    def absorb(self, out: StepOutput, is_step: bool = True) -> None:
+        toks, counts = np.asarray(out.tokens_BK), np.asarray(out.count_B)
+        acc = None if out.accepted_B is None else np.asarray(out.accepted_B)
+        if is_step and self.active():
+            self.stats["steps"] += 1  # steps whose output was used (not the overrun one)
+        for b in self.active():
+            if acc is not None:
+                self.stats["drafted"] += 1
+                self.stats["accepted"] += int(acc[b])
+            new = self._take(b, toks[b, :counts[b]].tolist())
+            if new and self.on_tokens is not None:
+                self.on_tokens(b, new)
+
+    def _take(self, b: int, tokens: list[int]) -> list[int]:
+        new: list[int] = []
+        gen = self.gen[b]
+        for t in tokens:
+            if self.eos_id is not None and t == self.eos_id:
+                self.reasons[b] = "eos"
+                break
+            gen.append(t)
+            new.append(t)
+            if len(gen) >= self.max_new_tokens:
+                self.reasons[b] = "length"
+                break
+            if t in self.stop_ids or (self.stop is not None and self.stop(b, gen)):
+                self.reasons[b] = "stop"
+                break
+        return new
+
+
 @dataclasses.dataclass
 class GenerationResult:
     """Generated ids per row (prompt excluded, EOS excluded) and why each row stopped."""
@@ -425,10 +475,45 @@ class Engine:
         """
         if chunk < 1:
             raise ValueError(f"chunk={chunk}: must be >= 1")
-        stop_set = {int(t) for t in stop_token_ids}
         B = len(prompts)
         if B == 0:
             return GenerationResult([], [], {})
+        self._check_prompts(prompts, max_new_tokens)
+        P = prompt_len or round_up(max(len(p) for p in prompts), PROMPT_ALIGN)
+        S = cache_len or self.cache_len_for(P, max_new_tokens, B, speculative)
+        if S < P + 1:
+            raise ValueError(f"cache_len={S} leaves no room after a {P}-token prompt")
+        tokens_BP, pads_B = left_pad(prompts, P)
+        rows = _Rows(B, max_new_tokens, eos_id, {int(t) for t in stop_token_ids}, stop,
+                     on_tokens)
+        rows.stats.update(prompt_tokens=int(sum(len(p) for p in prompts)),
+                          speculative=speculative)
+
+        t0 = time.perf_counter()
+        state, out, _ = self.prefill(tokens_BP, pads_B, cache_len=S,
+                                     key=jax.random.PRNGKey(seed), sampling=sampling,
+                                     params=params)
+        rows.absorb(out, is_step=False)
+        t1 = time.perf_counter()
+        loop = self._device_steps if device_loop else self._host_steps
+        state = loop(state, rows, P=P, S=S, chunk=chunk, speculative=speculative,
+                     sampling=sampling, params=params)
+        jax.block_until_ready(state)
+        t2 = time.perf_counter()
+        new_tokens = sum(len(g) for g in rows.gen)
+        stats = rows.stats
+        stats.update(
+            generated_tokens=new_tokens,
+            cache_len=S,
+            prefill_seconds=t1 - t0,
+            decode_seconds=t2 - t1,
+            decode_tokens_per_second=(new_tokens - B) / max(t2 - t1, 1e-9),
+            acceptance_rate=(stats["accepted"] / stats["drafted"]) if stats["drafted"]
+            else math.nan,
+        )
+        return GenerationResult(rows.gen, [r or "length" for r in rows.reasons], stats)
+
+    def _check_prompts(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
         for i, p in enumerate(prompts):
@@ -444,95 +529,48 @@ class Engine:
             raise ValueError(
                 f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                 f"model's {limit}-token context (INF-04)")
-        P = prompt_len or round_up(longest, PROMPT_ALIGN)
-        S = cache_len or self.cache_len_for(P, max_new_tokens, B, speculative)
-        if S < P + 1:
-            raise ValueError(f"cache_len={S} leaves no room after a {P}-token prompt")
-        tokens_BP, pads_B = left_pad(prompts, P)
-        key = jax.random.PRNGKey(seed)
 
-        gen: list[list[int]] = [[] for _ in range(B)]
-        reasons: list[str | None] = [None] * B
-        stats = dict(batch=B, prompt_tokens=int(sum(len(p) for p in prompts)), steps=0,
-                     drafted=0, accepted=0, speculative=speculative)
-
-        def absorb(out: StepOutput, is_step: bool = True) -> None:
-            toks, counts = np.asarray(out.tokens_BK), np.asarray(out.count_B)
-            acc = None if out.accepted_B is None else np.asarray(out.accepted_B)
-            if is_step and any(r is None for r in reasons):
-                stats["steps"] += 1  # steps whose output was used (not the overrun one)
-            for b in range(B):
-                if reasons[b] is not None:
-                    continue
-                if acc is not None:
-                    stats["drafted"] += 1
-                    stats["accepted"] += int(acc[b])
-                new: list[int] = []
-                for t in toks[b, :counts[b]].tolist():
-                    if eos_id is not None and t == eos_id:
-                        reasons[b] = "eos"
-                        break
-                    gen[b].append(t)
-                    new.append(t)
-                    if len(gen[b]) >= max_new_tokens:
-                        reasons[b] = "length"
-                        break
-                    if t in stop_set:
-                        reasons[b] = "stop"
-                        break
-                    if stop is not None and stop(b, gen[b]):
-                        reasons[b] = "stop"
-                        break
-                if new and on_tokens is not None:
-                    on_tokens(b, new)
-
-        t0 = time.perf_counter()
-        state, out, _ = self.prefill(tokens_BP, pads_B, cache_len=S, key=key,
-                                     sampling=sampling, params=params)
-        absorb(out, is_step=False)
-        t1 = time.perf_counter()
-        index_bound = P  # an upper bound of state.index, exact after a sync
-        in_flight: StepOutput | None = None
-        while device_loop:
-            active = [b for b in range(B) if reasons[b] is None]
-            if not active:
-                break
+    def _device_steps(self, state, rows: _Rows, *, P: int, S: int, chunk: int,
+                      speculative: bool, sampling: SamplingConfig, params: Any):
+        """Decode in compiled chunks of ``chunk`` steps until every row has finished."""
+        del P, S  # the device loop bounds itself by the cache it holds
+        while rows.active():
             state, loop = self.decode_loop(
-                state, [r is not None for r in reasons], [len(g) for g in gen], steps=chunk,
-                max_new_tokens=max_new_tokens, eos_id=eos_id, stop_token_ids=sorted(stop_set),
-                speculative=speculative, sampling=sampling, params=params)
+                state, [r is not None for r in rows.reasons], [len(g) for g in rows.gen],
+                steps=chunk, max_new_tokens=rows.max_new_tokens, eos_id=rows.eos_id,
+                stop_token_ids=sorted(rows.stop_ids), speculative=speculative,
+                sampling=sampling, params=params)
             n = int(loop.steps)
             toks, counts, acc, spec = jax.device_get(
                 (loop.tokens_NBK, loop.count_NB, loop.accepted_NB, loop.speculated_N))
             for i in range(n):
-                absorb(StepOutput(toks[i], counts[i], acc[i] if spec[i] else None))
-            if n < chunk and any(r is None for r in reasons):
-                for b in range(B):  # the device saw no room for another step
-                    if reasons[b] is None:
-                        reasons[b] = "length"
-        while not device_loop:
-            active = [b for b in range(B) if reasons[b] is None]
-            if not active:
-                break
+                rows.absorb(StepOutput(toks[i], counts[i], acc[i] if spec[i] else None))
+            if n < chunk:
+                for b in rows.active():  # the device saw no room for another step
+                    rows.reasons[b] = "length"
+        return state
+
+    def _host_steps(self, state, rows: _Rows, *, P: int, S: int, chunk: int,
+                    speculative: bool, sampling: SamplingConfig, params: Any):
+        """Dispatch one step at a time, absorbing each step while the next one runs."""
+        del chunk
+        index_bound = P  # an upper bound of state.index, exact after a sync
+        in_flight: StepOutput | None = None
+        while active := rows.active():
             # Every step emits >= 1 token per row: stop dispatching once all rows are full.
-            lower = min(len(gen[b]) for b in active) + (in_flight is not None)
-            if lower >= max_new_tokens:
-                if in_flight is not None:
-                    absorb(in_flight)
-                    in_flight = None
-                    continue
-                break
+            lower = min(len(rows.gen[b]) for b in active) + (in_flight is not None)
             use_spec = speculative and index_bound + 2 <= S
-            if speculative and not use_spec:
+            if speculative and not use_spec and lower < rows.max_new_tokens:
                 index_bound = int(state.index)  # sync: the bound assumed +2 per step
                 use_spec = index_bound + 2 <= S
-            if not use_spec and index_bound + 1 > S:
+            if lower >= rows.max_new_tokens or (not use_spec and index_bound + 1 > S):
                 if in_flight is not None:
-                    absorb(in_flight)
+                    rows.absorb(in_flight)
                     in_flight = None
                     continue
-                for b in active:
-                    reasons[b] = "length"  # the preallocated cache is full
+                if lower < rows.max_new_tokens:
+                    for b in active:
+                        rows.reasons[b] = "length"  # the preallocated cache is full
                 break
             if use_spec:
                 state, out, _ = self.speculate(state, sampling=sampling, params=params)
@@ -540,20 +578,7 @@ class Engine:
             else:
                 state, out, _ = self.decode(state, sampling=sampling, params=params)
                 index_bound += 1
-            # Absorb the previous step while this one runs (async dispatch).
-            if in_flight is not None:
-                absorb(in_flight)
+            if in_flight is not None:  # absorb the previous step while this one runs
+                rows.absorb(in_flight)
             in_flight = out
-        jax.block_until_ready(state)
-        t2 = time.perf_counter()
-        new_tokens = sum(len(g) for g in gen)
-        stats.update(
-            generated_tokens=new_tokens,
-            cache_len=S,
-            prefill_seconds=t1 - t0,
-            decode_seconds=t2 - t1,
-            decode_tokens_per_second=(new_tokens - B) / max(t2 - t1, 1e-9),
-            acceptance_rate=(stats["accepted"] / stats["drafted"]) if stats["drafted"]
-            else math.nan,
-        )
-        return GenerationResult(gen, [r or "length" for r in reasons], stats)
+        return state
