@@ -389,7 +389,10 @@ def run_memory(args: argparse.Namespace) -> int:
             return 1
         if topology is None and target_config is None:
             raise
-        if topology != "v6e-1":  # no libtpu: v6e-1 falls back; a GPU target does not
+        from pythoncoder.targets import TARGETS
+
+        if topology is None or TARGETS[topology].tpu_topology is None:
+            # no libtpu: a TPU target falls back to the local compiler; a GPU target does not
             print(f"pythoncoder memory: {e}", file=sys.stderr)
             return EXIT_FAILED
         print(f"pythoncoder memory: {e}; falling back to the local compiler", file=sys.stderr)

@@ -68,7 +68,8 @@ def compile_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, tx: Any,
 class StepTarget:
     """What the train step is compiled for: the optimizer, the abstract state and its
     shardings on a one-device mesh of the local backend or of a target without the
-    target (``topology`` / ``target_config``)."""
+    target (``topology`` / ``target_config``), and the device's datasheet (``sheet``:
+    the target's, the local accelerator's, ``None`` for a CPU)."""
 
     tx: Any
     state: Any
@@ -76,6 +77,7 @@ class StepTarget:
     mesh: Any
     topology: str | None = None
     target_config: str | None = None
+    sheet: dict[str, Any] | None = None
 
     @property
     def aot(self) -> bool:
@@ -83,27 +85,18 @@ class StepTarget:
 
     def limit_bytes(self) -> int | None:
         """The target's memory by its datasheet (a deviceless device reports none)."""
-        if not self.aot:
-            return None
-        from pythoncoder import targets
-
-        return int(targets.datasheet(self.topology,
-                                     target_config=self.target_config)["hbm_bytes"])
+        return int(self.sheet["hbm_bytes"]) if self.aot else None
 
     def peaks(self) -> dict[str, Any] | None:
         """The target's datasheet peaks (``None`` for the local backend: the chooser then
         reads the live device's)."""
-        if not self.aot:
-            return None
-        from pythoncoder import targets
-
-        return targets.datasheet(self.topology, target_config=self.target_config)
+        return self.sheet if self.aot else None
 
 
 def step_target(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                 topology: str | None = None, target_config: str | None = None) -> StepTarget:
-    """The inputs ``compile_train_step`` compiles for: ``topology`` (``TARGETS``: ``v6e-1``,
-    ``h100``, ``a100``, ``l4``) or ``target_config`` (a GPU's gpu_target_config text proto)
+    """The inputs ``compile_train_step`` compiles for: ``topology`` (one of
+    ``targets.COMPILE_TARGETS``) or ``target_config`` (a GPU's gpu_target_config text proto)
     through the target's own compiler, else the local backend's first device."""
     from pythoncoder import targets
     from pythoncoder.train.sharding import make_mesh, state_shardings
@@ -114,7 +107,10 @@ def step_target(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     devices = (targets.topology_devices(topology, target_config=target_config) if aot
                else jax.devices()[:1])
     mesh = make_mesh(1, len(devices), devices)
-    return StepTarget(tx, state, state_shardings(state, mesh), mesh, topology, target_config)
+    sheet = (targets.datasheet(topology, target_config=target_config) if aot
+             else targets.device_datasheet(devices[0]))
+    return StepTarget(tx, state, state_shardings(state, mesh), mesh, topology, target_config,
+                      sheet)
 
 
 def train_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *,
@@ -189,8 +185,7 @@ def memory_report(compiled: Any, model_cfg: ModelConfig, train_cfg: TrainConfig,
     name = topology or (devices[0].device_kind if target_config else None)
     # the memory it must fit: the target's, the local accelerator's, else (a CPU) the chip
     # the design is sized for
-    sheet = (targets.datasheet(topology, target_config=target_config) if aot
-             else targets.device_datasheet(devices[0]))
+    sheet = target.sheet
     limit_of = name if aot else (devices[0].device_kind if sheet else targets.DESIGN_TARGET)
     return MemoryReport(
         preset=model_cfg.name,
