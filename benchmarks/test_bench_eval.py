@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pythoncoder.eval import humaneval
+from pythoncoder.eval import evaluate, humaneval
 from pythoncoder.eval.sandbox import default_workers, isolation, run_programs
 from pythoncoder.utils.figures import host_label
 
@@ -59,7 +59,7 @@ def test_humaneval_canonical_wall_time(benchmark, report):
     workers = default_workers()
     cpu0 = os.times()
     rows = benchmark.pedantic(
-        humaneval.evaluate, args=(samples, problems),
+        evaluate, args=("humaneval", samples, problems),
         kwargs={"workers": workers, "progress": False}, rounds=3, iterations=1)
     cpu1 = os.times()
     assert sum(r["passed"] for r in rows) == len(samples)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pythoncoder.cli import main
-from pythoncoder.eval import humaneval
+from pythoncoder.eval import evaluate, humaneval
 from pythoncoder.eval.harness import read_jsonl, summarize
 from pythoncoder.eval.passk import pass_at_k
 from pythoncoder.eval.sandbox import SandboxConfig, run_programs
@@ -72,7 +72,7 @@ def test_program_layout(problems):
 @pytest.mark.req("EVAL-02")
 def test_canonical_solutions_score_all(problems):
     samples = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()]
-    rows = humaneval.evaluate(samples, problems, progress=False)
+    rows = evaluate("humaneval", samples, problems, progress=False)
     failed = [(r["task_id"], r["result"]) for r in rows if not r["passed"]]
     assert failed == []
     summary = summarize(rows)
@@ -85,7 +85,7 @@ def test_canonical_solutions_score_all(problems):
 @pytest.mark.req("EVAL-02")
 def test_wrong_completion_scores_zero(problems):
     samples = [{"task_id": t, "completion": WRONG} for t in problems]
-    rows = humaneval.evaluate(samples, problems, progress=False)
+    rows = evaluate("humaneval", samples, problems, progress=False)
     assert [r for r in rows if r["passed"]] == []
     assert all(r["result"].startswith("failed: ") for r in rows)
     assert summarize(rows)["pass_at_k"] == {1: 0.0}
@@ -136,7 +136,8 @@ def test_cli_scores_a_samples_file(problems, tmp_path, capsys):
 def test_cli_generates_from_a_run(problems, tmp_path, capsys, monkeypatch):
     calls = []
 
-    def complete(run_dir, prompts, *, n, temperature, max_new_tokens, stop, seed):
+    def complete(run_dir, prompts, *, n, temperature, max_new_tokens, stop, seed,
+                 progress=False):
         calls.append(dict(run_dir=run_dir, prompts=prompts, n=n, temperature=temperature,
                           max_new_tokens=max_new_tokens, stop=stop, seed=seed))
         by_prompt = {p["prompt"]: p["canonical_solution"] for p in problems.values()}

@@ -13,7 +13,7 @@ import types
 import pytest
 
 from pythoncoder.cli import main
-from pythoncoder.eval import mbpp
+from pythoncoder.eval import evaluate, mbpp
 from pythoncoder.eval.harness import read_jsonl
 
 # A tiny fixture in the standard MBPP layout (the real data set is not available offline).
@@ -90,7 +90,7 @@ def test_reference_code_passes_and_wrong_code_fails(data):
     # the same hostile early exit as for HumanEval: a correct body, then os._exit(0)
     samples.append({"task_id": 12, "completion": PROBLEMS[1]["code"]
                     + "\nimport os\nos._exit(0)\n"})
-    rows = mbpp.evaluate(samples, problems, progress=False)
+    rows = evaluate("mbpp", samples, problems, progress=False)
     assert [r["passed"] for r in rows] == [True] * 3 + [False] * 4
     assert all(r["result"].startswith("failed: ") for r in rows[3:])
     assert "AssertionError" in rows[3]["result"]
@@ -119,7 +119,8 @@ def test_cli_reference_and_samples(data, tmp_path, capsys):
 def test_cli_generates_with_mbpp_prompts(data, tmp_path, capsys, monkeypatch):
     seen = {}
 
-    def complete(run_dir, prompts, *, n, temperature, max_new_tokens, stop, seed):
+    def complete(run_dir, prompts, *, n, temperature, max_new_tokens, stop, seed,
+                 progress=False):
         seen.update(prompts=prompts, stop=stop, n=n)
         code = {mbpp.prompt(p): p["code"] for p in PROBLEMS}
         return [[code[p] + "\nassert False"] * n for p in prompts]  # cut at the stop
@@ -150,7 +151,7 @@ def test_judge_mode_and_the_labelled_weak_fallbacks():
     assert mbpp.judge_spec(problems["2"]) is None  # the reference defines a class the test uses
     assert mbpp.judge_spec(problems["3"]) is not None  # only the judge finds the lambda
     samples = [{"task_id": p["task_id"], "completion": p["code"]} for p in problems.values()]
-    rows = mbpp.evaluate(samples, problems, progress=False)
+    rows = evaluate("mbpp", samples, problems, progress=False)
     assert [(r["passed"], r["verdict"]) for r in rows] == [
         (True, "judge"), (True, "in-sandbox"), (True, "in-sandbox")]
     summary = summarize(rows)
@@ -175,5 +176,5 @@ def test_stdlib_modules_in_the_asserts_are_the_judges_own():
     wrong = "import math\ndef circle_area(r):\n    return 2 * math.pi * r"
     samples = [{"task_id": 21, "completion": problem["code"]},
                {"task_id": 21, "completion": wrong}]
-    rows = mbpp.evaluate(samples, {"21": problem}, progress=False)
+    rows = evaluate("mbpp", samples, {"21": problem}, progress=False)
     assert [(r["passed"], r["verdict"]) for r in rows] == [(True, "judge"), (False, "judge")]

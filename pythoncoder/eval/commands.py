@@ -17,14 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pythoncoder.data.decontam import provenance_note
-from pythoncoder.eval import humaneval, mbpp
-from pythoncoder.eval.harness import (
-    format_summary,
-    read_jsonl,
-    summarize,
-    truncate_at_stop,
-    write_jsonl,
-)
+from pythoncoder.eval.benchmarks import BENCHMARKS, Benchmark, evaluate
+from pythoncoder.eval.harness import format_summary, read_jsonl, summarize, write_jsonl
 from pythoncoder.eval.passk import DEFAULT_KS
 from pythoncoder.eval.sandbox import (
     SandboxConfig,
@@ -32,6 +26,7 @@ from pythoncoder.eval.sandbox import (
     check_usable,
     default_workers,
 )
+from pythoncoder.infer.stops import truncate_at_stop
 from pythoncoder.utils.argtypes import (
     UsageError,
     check_out_dir,
@@ -63,7 +58,7 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     mb = sub.add_parser("mbpp", help="MBPP from a local JSONL (task_id, text, code, test_list)",
                         description="MBPP pass@k in the sandbox. With neither --samples nor "
                                     "--run, the reference `code` of each problem is scored.")
-    mb.add_argument("--data", type=Path, required=True, metavar="FILE.jsonl",
+    mb.add_argument("--data", dest="problems", type=Path, required=True, metavar="FILE.jsonl",
                     help="problems in the standard MBPP format")
     source = mb.add_mutually_exclusive_group()
     source.add_argument("--samples", type=Path, metavar="FILE.jsonl",
@@ -93,6 +88,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                           + ",".join(map(str, DEFAULT_KS)) + ")")
     box.add_argument("--out", type=Path, default=None, metavar="FILE.jsonl",
                      help="per-sample results (default: next to the samples)")
+    box.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run's samples or results file (default: refuse)")
     box.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -119,12 +116,9 @@ def _load_generator() -> Callable[..., list[list[str]]]:
 def run_eval(args: argparse.Namespace) -> int:
     config = SandboxConfig(timeout_s=args.timeout, memory_bytes=args.memory_mb * 1024**2)
     name = args.benchmark
-    module = humaneval if name == "humaneval" else mbpp
+    bench = BENCHMARKS[name]
     try:
-        if name == "humaneval":
-            problems = humaneval.load_problems(args.problems)
-        else:
-            problems = mbpp.load_problems(args.data)
+        problems = bench.load(args.problems)
     except (OSError, ValueError) as e:
         print(f"pythoncoder eval {name}: cannot read problems: {e}", file=sys.stderr)
         return 2
@@ -141,6 +135,13 @@ def run_eval(args: argparse.Namespace) -> int:
     except SandboxUnusable as e:
         print(f"pythoncoder eval {name}: {e}", file=sys.stderr)
         return 2
+    samples_path, out = _output_paths(bench, args)
+    earlier = [p for p in (samples_path, out) if p is not None and p.exists()]
+    if earlier and not args.overwrite:  # before any work: an earlier run's files stay
+        print(f"pythoncoder eval {name}: {earlier[0]} exists (an earlier run's); pass "
+              f"--overwrite to replace it" + ("" if samples_path else " or --out FILE"),
+              file=sys.stderr)
+        return 2
 
     if args.run is not None:
         try:
@@ -152,10 +153,8 @@ def run_eval(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"pythoncoder eval {name}: {e}", file=sys.stderr)
             return 2
-        samples_path = args.run / "eval" / f"{name}_samples.jsonl"
         write_jsonl(samples_path, samples)
         print(f"samples: {samples_path}")
-        out = args.out or samples_path.with_name(f"{name}_results.jsonl")
     elif args.samples is not None:
         try:
             samples = read_jsonl(args.samples)
@@ -170,22 +169,20 @@ def run_eval(args: argparse.Namespace) -> int:
             print(f"pythoncoder eval {name}: sample row {bad[0]} lacks task_id or completion",
                   file=sys.stderr)
             return 2
-        out = args.out or _results_path(args.samples)
-    else:  # mbpp reference solutions
-        samples = [{"task_id": p["task_id"], "completion": p["code"]} for p in problems.values()]
-        out = args.out or _results_path(args.data, "_reference_results.jsonl")
+    else:  # the benchmark's reference solutions
+        samples = [{"task_id": p["task_id"], "completion": p[bench.reference_field]}
+                   for p in problems.values()]
 
     try:
-        rows = module.evaluate(samples, problems, config, workers=args.workers,
-                               progress=not args.no_progress)
+        rows = evaluate(bench, samples, problems, config, workers=args.workers,
+                        progress=not args.no_progress)
     except KeyError as e:
         print(f"pythoncoder eval {name}: {e.args[0]}", file=sys.stderr)
         return 2
     write_jsonl(out, rows)
     print(format_summary(name, summarize(rows, args.k)))
     if args.run is not None:
-        problems_file = ((args.problems or humaneval.data_path()) if name == "humaneval"
-                         else args.data)
+        problems_file = args.problems or bench.default_file()
         ok, note = decontamination_note(args.run, name, problems_file)
         print(note, file=sys.stdout if ok else sys.stderr)
     print(f"results: {out}")
@@ -212,17 +209,26 @@ def _results_path(path: Path, suffix: str = "_results.jsonl") -> Path:
     return path.with_name(stem + suffix)
 
 
+def _output_paths(bench: Benchmark, args: argparse.Namespace) -> tuple[Path | None, Path]:
+    """Where this run writes: the generated samples (with ``--run``; else None) and the
+    per-sample results."""
+    if args.run is not None:
+        samples = args.run / "eval" / f"{bench.name}_samples.jsonl"
+        return samples, args.out or samples.with_name(f"{bench.name}_results.jsonl")
+    if args.samples is not None:
+        return None, args.out or _results_path(args.samples)
+    return None, args.out or _results_path(args.problems, "_reference_results.jsonl")
+
+
 def _generate(name: str, problems: Mapping[str, Mapping[str, Any]],
               args: argparse.Namespace) -> list[dict[str, Any]]:
     complete = _load_generator()
-    if name == "humaneval":
-        prompts = [p["prompt"] for p in problems.values()]
-        stop: Sequence[str] = humaneval.HUMANEVAL_STOP
-    else:
-        prompts = [mbpp.prompt(p) for p in problems.values()]
-        stop = mbpp.MBPP_STOP
+    bench = BENCHMARKS[name]
+    prompts = [bench.prompt(p) for p in problems.values()]
+    stop: Sequence[str] = bench.stops
     outputs = complete(str(args.run), prompts, n=args.n, temperature=args.temperature,
-                       max_new_tokens=args.max_new_tokens, stop=list(stop), seed=args.seed)
+                       max_new_tokens=args.max_new_tokens, stop=list(stop), seed=args.seed,
+                       progress=not args.no_progress)
     if len(outputs) != len(prompts) or any(len(o) != args.n for o in outputs):
         raise ValueError(f"the generator returned {len(outputs)} prompt(s) of "
                          f"{sorted({len(o) for o in outputs})} completion(s); expected "

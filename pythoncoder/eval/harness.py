@@ -30,12 +30,6 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def truncate_at_stop(text: str, stop: Iterable[str]) -> str:
-    """``text`` up to (excluding) the earliest occurrence of any stop sequence."""
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
-
-
 def reference_source(solution: str | None, before: str = "", after: str = "") -> str | None:
     """The trusted reference the judge traces the test's calls against (EVAL-05), or
     ``None`` (live calls) if there is none or it does not compile."""

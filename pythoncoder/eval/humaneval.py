@@ -15,16 +15,17 @@ in-sandbox verdict, labelled ``verdict: in-sandbox`` and counted in the summary.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pythoncoder.data.decontam import human_eval_path
-from pythoncoder.eval.harness import evaluate_samples, read_jsonl, reference_source
-from pythoncoder.eval.sandbox import Job, SandboxConfig
+from pythoncoder.eval.harness import read_jsonl, reference_source
+from pythoncoder.eval.sandbox import Job
+from pythoncoder.infer.stops import HUMANEVAL_STOPS
 
 # Stop sequences for HumanEval generation: the next top-level statement ends the body.
-HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+HUMANEVAL_STOP = HUMANEVAL_STOPS
 NUM_PROBLEMS = 164
 
 
@@ -71,19 +72,6 @@ def job(problem: Mapping[str, Any], completion: str) -> Job:
     return Job(f"{problem['prompt']}{completion}\n", spec, fallback=full)
 
 
-def evaluate(
-    samples: Sequence[Mapping[str, Any]],
-    problems: Mapping[str, Mapping[str, Any]],
-    config: SandboxConfig | None = None,
-    *,
-    workers: int | None = None,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Sandboxed verdict for each ``{"task_id", "completion"}`` sample (see ``harness``)."""
-    unknown = sorted({str(s["task_id"]) for s in samples} - set(problems))
-    if unknown:
-        raise KeyError(f"samples for unknown HumanEval task(s): {unknown[:5]}")
-    return evaluate_samples(
-        samples, lambda s: job(problems[s["task_id"]], s["completion"]), config,
-        workers=workers, progress=progress, desc="humaneval",
-    )
+def prompt(problem: Mapping[str, Any]) -> str:
+    """The function signature and docstring the model completes."""
+    return problem["prompt"]

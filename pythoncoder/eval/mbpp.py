@@ -25,12 +25,12 @@ from __future__ import annotations
 import ast
 import builtins
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pythoncoder.eval.harness import evaluate_samples, read_jsonl, reference_source
-from pythoncoder.eval.sandbox import Job, SandboxConfig
+from pythoncoder.eval.harness import read_jsonl, reference_source
+from pythoncoder.eval.sandbox import Job
 
 MBPP_FIELDS = ("task_id", "text", "code", "test_list")
 # Stop sequences for generation from :func:`prompt`.
@@ -120,21 +120,3 @@ def job(problem: Mapping[str, Any], completion: str) -> Job:
 def prompt(problem: Mapping[str, Any]) -> str:
     """Docstring prompt with the description and the first test as the usage example."""
     return f'"""\n{problem["text"]}\n{problem["test_list"][0]}\n"""\n'
-
-
-def evaluate(
-    samples: Sequence[Mapping[str, Any]],
-    problems: Mapping[str, Mapping[str, Any]],
-    config: SandboxConfig | None = None,
-    *,
-    workers: int | None = None,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Sandboxed verdict for each ``{"task_id", "completion"}`` sample (see ``harness``)."""
-    unknown = sorted({str(s["task_id"]) for s in samples} - set(problems))
-    if unknown:
-        raise KeyError(f"samples for unknown MBPP task(s): {unknown[:5]}")
-    return evaluate_samples(
-        samples, lambda s: job(problems[str(s["task_id"])], s["completion"]), config,
-        workers=workers, progress=progress, desc="mbpp",
-    )

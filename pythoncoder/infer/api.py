@@ -88,11 +88,12 @@ def load_generator(run_dir: str | None, yarn: bool = False,
 def complete(run_dir: str, prompts: list[str], *, n: int, temperature: float,
              max_new_tokens: int, stop: list[str], seed: int, top_p: float = 1.0,
              top_k: int = 0, batch_size: int = DEFAULT_BATCH,
-             speculative: bool = False) -> list[list[str]]:
+             speculative: bool = False, progress: bool = False) -> list[list[str]]:
     """``n`` completions per prompt (completion text only, cut at the first stop sequence).
 
     Rows are batched ``batch_size`` at a time, grouped by prompt length so little padding
     is computed; greedy (``temperature == 0``) decodes each prompt once and repeats it.
+    ``progress``: a progress bar (stderr) of the completions generated.
     """
     if n < 1:
         raise ValueError(f"n={n}: need at least one completion per prompt")
@@ -103,6 +104,11 @@ def complete(run_dir: str, prompts: list[str], *, n: int, temperature: float,
     rows = sorted((len(encoded[i]), i, j) for i in range(len(prompts)) for j in range(copies))
     out: list[list[str]] = [[""] * copies for _ in prompts]
     stopper = TextStopper(gen.decode, stop) if stop else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), desc="generate", unit="completion")
     for b, start in enumerate(range(0, len(rows), batch_size)):
         chunk = rows[start:start + batch_size]
         result = gen.engine.generate(
@@ -111,4 +117,8 @@ def complete(run_dir: str, prompts: list[str], *, n: int, temperature: float,
             speculative=speculative)
         for (_, i, j), toks in zip(chunk, result.tokens):
             out[i][j] = truncate_at_stop(gen.decode(toks), stop)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     return [o * n if copies == 1 else o for o in out]
