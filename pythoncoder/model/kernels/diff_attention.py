@@ -41,6 +41,7 @@ from pythoncoder.model.kernels import registry
 
 MASK_VALUE = -1e30
 DEFAULT_BLOCK = 128
+TPU_LANES = 128  # a TPU vector register row
 F32 = jnp.float32
 
 
@@ -588,14 +589,16 @@ def kernel_configs(T: int, D: int, E: int, *, platform: str, itemsize: int = 2,
     """The tiling of each kernel for sequence length ``T``: ``config`` for all three if
     given; on GPU sized for the target (``gpu_configs``), with ``block_q``/``block_k``
     overriding the tiles; elsewhere ``DEFAULT_BLOCK`` (or the given blocks).  Tiles never
-    exceed ``T`` rounded up to 8."""
+    exceed ``T`` rounded up to 8, or on TPU to 128: Mosaic loads the key side's segment
+    ids as a lane-dense row, whose length must be a multiple of 128 lanes (a shorter
+    sequence is padded to one tile; padded keys are masked)."""
     if config is not None:
         configs = dict.fromkeys(KERNELS, config)
     elif platform in GPU_PLATFORMS:
         configs = gpu_configs(D, E, itemsize)
     else:
         configs = dict.fromkeys(KERNELS, KernelConfig(DEFAULT_BLOCK, DEFAULT_BLOCK))
-    cap = _round_up(T, 8)
+    cap = _round_up(T, TPU_LANES if platform == "tpu" else 8)
     return {k: dataclasses.replace(c, block_q=min(block_q or c.block_q, cap),
                                    block_k=min(block_k or c.block_k, cap))
             for k, c in configs.items()}
