@@ -2,11 +2,13 @@
 
 An entry says what the rest of the project needs to know about a kernel family: the name a
 config selects it by, the seam it replaces (``attention``: ``ModelConfig.attention_impl``;
-``loss``: the loss statistics' ``stats``), the platforms ``auto`` takes it on, the module
-it lives in, and the names its ``pallas_call`` s carry (each declares its cost under that
-name, which is how ``pythoncoder.hlo_cost`` counts it, and what a compiled program shows).
+``loss``: the loss statistics' ``stats``), the platforms ``auto`` takes it on, and the names
+its ``pallas_call`` s carry (each declares its cost under that name, which is how
+``pythoncoder.hlo_cost`` counts it, and what a compiled program shows).
 The config's choices, the dispatch's ``auto``, the memory report's "which attention ran" and
-the kernels' own call names all read it: adding a kernel is its module and one entry here.
+the kernels' own call names all read it.  Adding a kernel is its module, one entry here
+and, for attention, its callables in ``model/attention.ATTENTION_REGISTRY`` under the
+same name (a unit test holds the two equal).
 """
 
 from __future__ import annotations
@@ -21,17 +23,14 @@ class KernelEntry:
     name: str  # what a config selects it by
     seam: str  # "attention" or "loss"
     auto_on: tuple[str, ...]  # platforms where "auto" takes it
-    module: str  # where it lives
     calls: tuple[str, ...]  # its pallas_calls' names, as compiled programs carry them
 
 
 KERNELS: tuple[KernelEntry, ...] = (
-    KernelEntry("pallas", "attention", GPU_PLATFORMS + ("tpu",),
-                "pythoncoder.model.kernels.diff_attention",
+    KernelEntry("pallas", "attention", GPU_PLATFORMS + ("tpu",),  # kernels/diff_*.py
                 ("diff_attention_fwd", "diff_attention_bwd_q", "diff_attention_bwd_kv",
                  "diff_attention_decode")),
-    KernelEntry("pallas", "loss", ("tpu",), "pythoncoder.model.kernels.ce_stats",
-                ("ce_stats",)),
+    KernelEntry("pallas", "loss", ("tpu",), ("ce_stats",)),  # kernels/ce_stats.py
 )
 
 
