@@ -30,12 +30,13 @@ from pathlib import Path
 
 import pytest
 
-from pythoncoder.eval import _wire, humaneval
+from pythoncoder.eval import humaneval
 from pythoncoder.eval.sandbox import (
     JUDGE,
     SANDBOX_UID,
     Job,
     SandboxConfig,
+    _wire,
     isolation,
     run_program,
 )

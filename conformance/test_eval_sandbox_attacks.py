@@ -11,20 +11,25 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pythoncoder.eval import _seccomp, sandbox
+from pythoncoder.eval import sandbox
 from pythoncoder.eval.sandbox import (
     JUDGE,
     Job,
     SandboxConfig,
     SandboxUnusable,
+    _seccomp,
     check_usable,
+    isolate,
     isolation,
+    judge,
+    process,
     run_program,
 )
 from pythoncoder.spec import check_values
@@ -246,7 +251,7 @@ for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
 
 def _host_paths() -> set[str]:
     paths = {sys.prefix, os.path.realpath(sys.prefix), os.path.dirname(sys.executable),
-             sandbox._script_dir(sys.executable), os.getcwd(),
+             isolate._script_dir(sys.executable), os.getcwd(),
              str(Path(sandbox.__file__).parent)}
     paths |= {os.path.realpath(sys.base_prefix)}  # the installation, bound where it is
     return {p for p in paths if len(p) > 1}
@@ -267,10 +272,11 @@ def test_no_host_path_on_any_command_line(monkeypatch):
     # Control: bwrap's options on its own command line (the old launcher): /proc/1/cmdline
     # shows the Python installation and the scripts' host directory.
     def on_argv(options, command, seccomp, pass_fds=(), **kwargs):
-        return subprocess.Popen([sandbox.shutil.which("bwrap"), *options, *command],
+        return subprocess.Popen([shutil.which("bwrap"), *options, *command],
                                 pass_fds=pass_fds, **kwargs)
 
-    monkeypatch.setattr(sandbox, "_bwrap_popen", on_argv)
+    for module in (isolate, judge, process):  # every module that starts a bwrap
+        monkeypatch.setattr(module, "_bwrap_popen", on_argv)
     leaked = run_program(CMDLINES, SandboxConfig(timeout_s=10.0, memory_bytes=2**31 - 1))
     assert leaked.passed, leaked.result
     assert _leaks(leaked.stdout), leaked.stdout

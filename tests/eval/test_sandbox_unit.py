@@ -6,6 +6,7 @@ import glob
 import os
 import resource
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import time
@@ -20,11 +21,13 @@ from pythoncoder.eval.sandbox import (
     SANDBOX_UID,
     Job,
     SandboxConfig,
-    _verdict,
+    isolate,
     isolation,
+    process,
     run_program,
     run_programs,
 )
+from pythoncoder.eval.sandbox.process import _verdict
 
 FAST = SandboxConfig(timeout_s=1.0)
 
@@ -209,10 +212,10 @@ def test_verdict_requires_token_and_clean_exit():
 
 @pytest.mark.parametrize("kind", ["unshare", "none"])
 def test_fallback_isolation_runs_judges_and_cleans_up(kind):
-    if kind == "unshare" and not sandbox._probe("unshare", sys.executable):
+    if kind == "unshare" and not isolate._probe("unshare", sys.executable):
         pytest.skip("unshare is not permitted here")
     config = SandboxConfig(isolation=kind, timeout_s=5.0)
-    if os.geteuid() == 0 and not sandbox._others_can_read(sandbox.sysconfig.get_paths()["stdlib"]):
+    if os.geteuid() == 0 and not isolate._others_can_read(sysconfig.get_paths()["stdlib"]):
         # uid 65534 cannot import from this Python (a 0700 parent): the harness refuses
         with pytest.raises(sandbox.SandboxUnusable, match="apt-get install bubblewrap"):
             run("pass", config)
@@ -233,8 +236,8 @@ def test_fallback_isolation_runs_judges_and_cleans_up(kind):
 
 
 def test_warns_once_without_bwrap(monkeypatch):
-    monkeypatch.setattr(sandbox, "_probe", lambda kind, python: kind == "unshare")
-    monkeypatch.setattr(sandbox, "_WARNED", set())
+    monkeypatch.setattr(isolate, "_probe", lambda kind, python: kind == "unshare")
+    monkeypatch.setattr(isolate, "_WARNED", set())
     with pytest.warns(RuntimeWarning, match="isolation is 'unshare'.*file system stays visible"):
         assert sandbox.isolation() == "unshare"
     with warnings.catch_warnings():
@@ -258,13 +261,13 @@ def test_prlimit_targets_only_the_interpreter():
     # Never bwrap (its argv names the script too): the child, told the limits are set,
     # would skip them while its interpreter ran unlimited.
     config = SandboxConfig()
-    cand = sandbox._Candidate(config, isolation(config))
+    cand = process._Candidate(config, isolation(config))
     try:
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:  # from the first instant: bwrap still starting
-            sandbox._prlimit(cand, config)
+            process._prlimit(cand, config)
         pids, pid = [cand.proc.pid], cand.proc.pid
-        while kids := sandbox._children(pid):
+        while kids := process._children(pid):
             pid = kids[0]
             pids.append(pid)
         assert len(pids) >= 2
@@ -276,7 +279,7 @@ def test_prlimit_targets_only_the_interpreter():
 
 def test_judge_maps_iteration_ending_exceptions_to_runtime_error():
     """StopIteration from the candidate must not end a test's map()/zip() early as a pass."""
-    from pythoncoder.eval import _judge
+    from pythoncoder.eval.sandbox import _judge
 
     for name in ("StopIteration", "StopAsyncIteration", "AssertionError"):
         assert _judge._EXCEPTIONS.get(name, RuntimeError) is RuntimeError

@@ -1,6 +1,6 @@
 """Candidate side of the sandbox (``python -I -S -B _sandbox_child.py``).
 
-Started (usually ahead of time) inside the kernel sandbox that ``sandbox.py`` builds, as a
+Started (usually ahead of time) inside the kernel sandbox that ``sandbox/`` builds, as a
 script in a fresh interpreter; never imported by the package. Trusted code, run before
 any candidate code:
 
@@ -25,7 +25,7 @@ any candidate code:
    can be forged by code written against it; results say so (``verdict: in-sandbox``).
 
 No Python-level guard is installed: an audit hook in the same interpreter is not a
-boundary. Containment is the kernel's (namespaces, uid, rlimits) in ``sandbox.py``.
+boundary. Containment is the kernel's (namespaces, uid, rlimits) in ``sandbox/``.
 """
 
 import os

@@ -1,0 +1,273 @@
+"""Isolation: which tool (bwrap, else unshare, else none) and its command line.
+
+The Python installation a sandbox sees, the private compiled copy of the sandbox scripts
+(``/sbx``), bwrap's options and the seccomp filter (``_seccomp.py``) passed through file
+descriptors, unshare's prefix, the probes behind :func:`isolation`, and the one-time
+warnings for a missing mechanism."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib.util
+import marshal
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pythoncoder.eval.sandbox.config import (
+    _SBX,
+    _WORK,
+    CHILD_SCRIPT,
+    JUDGE_SCRIPT,
+    SANDBOX_GID,
+    SANDBOX_UID,
+    WIRE_SCRIPT,
+    SandboxConfig,
+)
+
+
+def _python_roots(python: str) -> list[str]:
+    """The Python installation to show in the sandbox: the base one (``-I -S`` never uses
+    a virtualenv, so its directory, often under ``/tmp`` or a home, stays hidden)."""
+    real = os.path.realpath(python)
+    roots = {os.path.realpath(sys.base_prefix)}
+    if not any(real.startswith(r + os.sep) for r in roots):
+        roots.add(os.path.dirname(real))
+    return sorted(roots)
+
+
+@functools.cache
+def _script_dir(python: str) -> str:
+    """A private, world-readable copy of the three sandbox scripts, each also compiled
+    to a ``.pyc`` when ``python`` is this interpreter (a sandbox then runs bytecode and
+    skips compiling the scripts: several ms of CPU per sample). Removed at exit."""
+    folder = tempfile.mkdtemp(prefix="pythoncoder-scripts-")
+    atexit.register(shutil.rmtree, folder, True)
+    os.chmod(folder, 0o755)
+    compiled = os.path.realpath(python) == os.path.realpath(sys.executable)
+    for src in (CHILD_SCRIPT, JUDGE_SCRIPT, WIRE_SCRIPT):
+        name = os.path.basename(src)
+        data = Path(src).read_bytes()
+        Path(folder, name).write_bytes(data)
+        if compiled:  # header: magic + 12 bytes that running a .pyc directly ignores
+            code = compile(data, f"{_SBX}/{name}", "exec", dont_inherit=True)
+            Path(folder, name + "c").write_bytes(
+                importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))
+        for written in Path(folder).iterdir():
+            written.chmod(0o644)
+    # The interpreter as the sandbox starts it: ``/sbx/python``, so that no command line
+    # in the sandbox (bwrap's own is its PID 1's) names a host path.
+    os.symlink(os.path.realpath(python), os.path.join(folder, "python"))
+    return folder
+
+
+def _script(python: str, kind: str, name: str) -> str:
+    """Path of script ``name`` as the sandboxed interpreter sees it."""
+    folder = _script_dir(python)
+    if os.path.exists(os.path.join(folder, name + "c")):
+        name += "c"
+    return f"{_SBX}/{name}" if kind == "bwrap" else os.path.join(folder, name)
+
+
+@functools.cache
+def _bwrap_base(python: str, unprivileged: bool) -> tuple[str, ...]:
+    """bwrap's options (passed through ``--args FD``, never on its command line)."""
+    args = ["--die-with-parent", "--new-session",
+            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try"]
+    if unprivileged:
+        args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
+                 "--disable-userns"]
+    binds, links = [], []
+    for lib in ("/usr/lib", "/usr/lib64", "/usr/lib32"):
+        if os.path.isdir(lib) and not os.path.islink(lib):
+            binds.append(lib)
+    for top in ("/lib", "/lib64", "/lib32"):
+        if os.path.islink(top):
+            links += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            binds.append(top)
+    roots = _python_roots(python)
+    # bwrap makes missing parents 0700 (root's): make them traversable for uid 65534.
+    parents = {str(q) for path in [*roots, _SBX, *binds] for q in Path(path).parents
+               if str(q) != "/"}
+    for parent in sorted(parents | {_SBX}, key=lambda q: q.count("/")):
+        args += ["--perms", "0755", "--dir", parent]
+    for path in binds:
+        args += ["--ro-bind", path, path]
+    args += links
+    for root in roots:
+        args += ["--ro-bind", root, root]
+    site = {sysconfig.get_paths(vars={"base": r, "platbase": r})[k]
+            for r in roots for k in ("purelib", "platlib")}
+    # Installed packages elsewhere under the bound library dirs (Debian's dist-packages):
+    # hidden too, so that no installed benchmark data (tests, solutions) can be read.
+    site |= {str(p) for lib in binds for p in Path(lib).glob("python3*/*-packages")}
+    for path in sorted(p for p in site if os.path.isdir(p)):
+        args += ["--tmpfs", path]  # empty, root-owned 0755: unwritable for uid 65534
+    # The scripts (a copy of this package's, see _script_dir) as /sbx. One bind, not
+    # three: each --ro-bind makes bwrap re-read the mount table (CPU per sample).
+    args += ["--ro-bind", _script_dir(python), _SBX]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    # Host-wide key accounting (every uid's key counts): unreadable inside (nodev binds).
+    for path in ("/proc/keys", "/proc/key-users"):
+        if os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
+    return tuple(args)
+
+
+@functools.cache
+def _seccomp_program() -> bytes | None:
+    from pythoncoder.eval.sandbox import _seccomp
+
+    return _seccomp.program()
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe holding ``data`` (then EOF): read once, never rewound."""
+    r, w = os.pipe()
+    try:
+        if len(data) > 60000:  # a pipe buffer holds 64 KiB: the write must not block
+            raise ValueError("sandbox options too long")
+        os.write(w, data)
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    return r
+
+
+def _bwrap_popen(options: Sequence[str], command: Sequence[str], seccomp: bool,
+                 pass_fds: Sequence[int] = (), **kwargs: Any) -> subprocess.Popen:
+    """Start ``command`` in bwrap: options through ``--args FD`` and the seccomp filter
+    through ``--seccomp FD``, so bwrap's command line (what ``/proc/1/cmdline`` shows
+    inside) is ``bwrap --args N [--seccomp M] /sbx/python ...``, no host path."""
+    fds = [_pipe_with(b"".join(os.fsencode(a) + b"\0" for a in options))]
+    argv = ["bwrap", "--args", str(fds[0])]
+    try:
+        program = _seccomp_program() if seccomp else None
+        if program is not None:
+            fds.append(_pipe_with(program))
+            argv += ["--seccomp", str(fds[1])]
+        return subprocess.Popen([*argv, *command], executable=shutil.which("bwrap"),
+                                pass_fds=(*pass_fds, *fds), **kwargs)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _sbx_python(python: str, kind: str) -> str:
+    _script_dir(python)
+    return f"{_SBX}/python" if kind == "bwrap" else python
+
+
+@functools.cache
+def _probe(kind: str, python: str) -> bool:
+    try:
+        if kind == "bwrap":
+            if shutil.which("bwrap") is None:
+                return False
+            proc = _bwrap_popen(
+                [*_bwrap_base(python, os.geteuid() != 0), "--perms", "1777", "--tmpfs", _WORK,
+                 "--chdir", _WORK], [_sbx_python(python, kind), "-I", "-S", "-c", "pass"],
+                seccomp=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            if shutil.which("unshare") is None:
+                return False
+            proc = subprocess.Popen([*_unshare_prefix(), python, "-I", "-S", "-c", "pass"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            return proc.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return False
+
+
+def _unshare_prefix() -> list[str]:
+    args = [shutil.which("unshare") or "unshare", "--fork", "--pid", "--mount-proc", "--net",
+            "--ipc", "--uts", "--kill-child"]
+    if os.geteuid() != 0:
+        args += ["--user", "--map-root-user"]
+    return args
+
+
+_WARNED: set[str] = set()
+
+
+def isolation(config: SandboxConfig | None = None) -> str:
+    """The isolation in use: ``bwrap``, ``unshare`` or ``none`` (warns once if not bwrap)."""
+    config = config or SandboxConfig()
+    if config.isolation != "auto":
+        return config.isolation
+    for kind in ("bwrap", "unshare"):
+        if _probe(kind, config.python):
+            break
+    else:
+        kind = "none"
+    if kind != "bwrap" and kind not in _WARNED:
+        _WARNED.add(kind)
+        remains = {
+            "unshare": "PID, network, IPC and UTS namespaces, the uid drop to 65534 when "
+                       "root, and the rlimits; the host file system stays visible (reads "
+                       "allowed, writes limited by file permissions); no seccomp filter "
+                       "(keyring, user namespaces, shared memory open) and no /work caps",
+            "none": "only the uid drop to 65534 when root, the rlimits and the process-group "
+                    "kill; the sample sees the host file system and network; no seccomp "
+                    "filter and no /work caps",
+        }[kind]
+        if os.geteuid() == 0 and not _others_can_read(sysconfig.get_paths()["stdlib"]):
+            remains += ("; and the Python installation is not readable by uid 65534 (a 0700 "
+                        "parent such as /root), so samples' imports fail after the uid drop")
+        warnings.warn(
+            f"pythoncoder eval sandbox: bubblewrap is not usable here (apt-get install "
+            f"bubblewrap); isolation is '{kind}': {remains}.", RuntimeWarning, stacklevel=2)
+    return kind
+
+
+def _missing_mechanisms(config: SandboxConfig, kind: str) -> list[str]:
+    """What this host's bwrap sandbox lacks of the full design, and what that means."""
+    if kind != "bwrap":
+        return []  # the isolation warning says it all
+    missing = []
+    if not config.seccomp or _seccomp_program() is None:
+        missing.append(
+            f"no seccomp filter ({'disabled' if not config.seccomp else os.uname().machine}): "
+            "samples may use the kernel keyring (state that outlives them), create user "
+            "namespaces when the harness is root, and hold SysV/POSIX shared memory outside "
+            "the memory limit")
+    if os.geteuid() != 0:
+        missing.append(
+            "no inode cap on /work (bubblewrap cannot set nr_inodes; the harness mounts it "
+            "only when root): a sample can create empty files, which its byte cap does not "
+            "count, until its time runs out (about 1 KiB of kernel memory each)")
+    return missing
+
+
+def _warn_missing(config: SandboxConfig, kind: str) -> None:
+    for text in _missing_mechanisms(config, kind):
+        if text not in _WARNED:
+            _WARNED.add(text)
+            warnings.warn(f"pythoncoder eval sandbox: {text}.", RuntimeWarning, stacklevel=3)
+
+
+def _others_can_read(path: str) -> bool:
+    """Whether a process of another uid can reach and list ``path`` (mode bits only)."""
+    p = Path(path).resolve()
+    try:
+        if not all(q.stat().st_mode & 0o001 for q in p.parents):
+            return False
+        return p.stat().st_mode & 0o005 == 0o005
+    except OSError:
+        return False

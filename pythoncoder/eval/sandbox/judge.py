@@ -1,0 +1,73 @@
+"""The harness side of the judge: the :class:`_Judge` process of one worker (it runs
+``_judge.py`` in its own sandbox and is reused across samples) and the reading of its
+verdict (:func:`_judge_verdict`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+from pythoncoder.eval.sandbox.config import FAILED, PASSED, SANDBOX_GID, SANDBOX_UID, SandboxConfig
+from pythoncoder.eval.sandbox.isolate import (
+    _bwrap_base,
+    _bwrap_popen,
+    _sbx_python,
+    _script,
+    _unshare_prefix,
+)
+
+
+class _Judge:
+    """The trusted judge process of one worker, in its own sandbox."""
+
+    def __init__(self, config: SandboxConfig, kind: str) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        uid = SANDBOX_UID if os.geteuid() == 0 else -1
+        cmd = [_sbx_python(config.python, kind), "-I", "-S", "-B",
+               _script(config.python, kind, "_judge.py"), str(theirs.fileno()),
+               str(uid), str(SANDBOX_GID), str(config.memory_bytes)]
+        popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, cwd="/", start_new_session=True,
+                     env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+        try:
+            if kind == "bwrap":
+                self.proc = _bwrap_popen([*_bwrap_base(config.python, os.geteuid() != 0),
+                                          "--chdir", "/"], cmd, config.seccomp,
+                                         (theirs.fileno(),), **popen)
+            else:
+                prefix = _unshare_prefix() if kind == "unshare" else []
+                self.proc = subprocess.Popen([*prefix, *cmd], pass_fds=(theirs.fileno(),),
+                                             **popen)
+        finally:
+            theirs.close()
+
+    def send(self, job: Mapping[str, Any], fds: tuple[int, int]) -> None:
+        socket.send_fds(self.sock, [json.dumps(dict(job)).encode()], list(fds))
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.sock.close()
+
+
+def _judge_verdict(reply: bytes | None) -> tuple[str, str]:
+    if not reply:
+        return FAILED, "the judge gave no verdict"
+    try:
+        data = json.loads(reply)
+        verdict, reason = data["verdict"], str(data.get("reason", ""))
+    except (ValueError, KeyError, TypeError):
+        return FAILED, "the judge gave a malformed verdict"
+    if verdict == PASSED:
+        return PASSED, ""
+    if verdict == "unsupported":
+        return "unsupported", reason
+    return FAILED, reason or "the test failed"
