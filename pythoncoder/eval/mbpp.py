@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pythoncoder.eval.harness import read_jsonl, reference_source
+from pythoncoder.eval.harness import check_sha256, read_jsonl, reference_source
 from pythoncoder.eval.sandbox import Job
 
 MBPP_FIELDS = ("task_id", "text", "code", "test_list")
@@ -37,8 +37,11 @@ MBPP_FIELDS = ("task_id", "text", "code", "test_list")
 MBPP_STOP = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
 
 
-def load_problems(path: str | Path) -> dict[str, dict[str, Any]]:
-    """``{str(task_id): problem}``; raises ``ValueError`` on a row missing a standard field."""
+def load_problems(path: str | Path, sha256: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{str(task_id): problem}``; raises ``ValueError`` on a row missing a standard field
+    (or, with ``sha256``, on a file whose text has another digest)."""
+    if sha256 is not None:
+        check_sha256(path, sha256)
     problems = {}
     for i, row in enumerate(read_jsonl(path)):
         missing = [f for f in MBPP_FIELDS if f not in row]

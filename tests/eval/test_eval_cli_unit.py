@@ -14,7 +14,7 @@ PROBLEM = {"task_id": 1, "text": "Add two numbers.", "code": "def add(a, b):\n  
 
 
 def test_each_benchmark_is_one_entry():
-    assert set(BENCHMARKS) == {"humaneval", "mbpp"}
+    assert set(BENCHMARKS) == {"humaneval", "mbpp", "humaneval+", "mbpp+"}
     assert BENCHMARKS["humaneval"].stops == HUMANEVAL_STOPS  # one stop list with generate's
     assert BENCHMARKS["mbpp"].stops == mbpp.MBPP_STOP
     he = humaneval.load_problems()

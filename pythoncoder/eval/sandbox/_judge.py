@@ -16,7 +16,16 @@ descriptors to a freshly started candidate (``SCM_RIGHTS``). The judge
    mutated are copied back); a call unlike the traced one (built from a wrong answer)
    fails. So the candidate is never told, by being called again, that an answer was
    right. A job without a reference calls the candidate live instead;
-4. answers ``{"verdict": "passed" | "failed" | "unsupported", "reason": ...}``.
+4. answers ``{"verdict": "passed" | "failed" | "timed out" | "unsupported", "reason": ...}``.
+
+A *differential* job (``"mode": "differential"``: HumanEval+, MBPP+) has no test text: its
+inputs come after the header as one ``_wire`` value (a list of argument lists). The judge
+runs the reference on each (cached per problem), timing it; each input's time limit is
+``max(min_time_limit, time_factor * reference time)`` as EvalPlus sets it, and the sample's
+whole budget (sent to the harness with ``traced``) ``min(task_cap_s, sum of limits) + 1``.
+The candidate then answers every input in turn, each within its limit, whatever it
+answered before; afterwards each answer is compared with the reference's as EvalPlus does
+(exact, or within ``atol``/``rtol 1e-7`` for floats; a few problems have their own oracle).
    ``unsupported`` means the test itself passes something that is not plain data (a
    function, an object) to the candidate: the harness then falls back to the weak,
    in-sandbox verdict and labels the result.  Plain data past the wire's caps (which only
@@ -25,9 +34,12 @@ descriptors to a freshly started candidate (``SCM_RIGHTS``). The judge
 """
 
 import json
+import math
 import os
+import select
 import socket
 import sys
+import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _WIRE = {"__name__": "_wire"}
@@ -95,11 +107,23 @@ class Channel:
                 raise CandidateGone("the candidate wrote garbage")
         return line[:-1].decode("utf-8", "replace")
 
-    def exchange(self, payload):
-        """Send one call (an encoded payload) and return the decoded reply."""
+    def exchange(self, payload, limit=None):
+        """Send one call (an encoded payload) and return the decoded reply; ``_LATE`` if
+        it has not fully arrived ``limit`` seconds after the call was sent."""
+        read = os.read
+        if limit is not None:
+            deadline = time.monotonic() + limit
+
+            def read(fd, n):
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    raise _Late
+                return os.read(fd, n)
         try:
             write_all(os.write, self.out_fd, frame(payload))
-            return decode(read_frame(os.read, self.in_fd))
+            return decode(read_frame(read, self.in_fd))
+        except _Late:
+            return _LATE
         except (OSError, EOFError):
             return _GONE
         except WireError:
@@ -110,7 +134,11 @@ class Channel:
         return _interpret(name, args, self.exchange(_encode_call(name, args, kwargs)))
 
 
-_GONE, _MALFORMED = ("gone",), ("malformed",)
+_GONE, _MALFORMED, _LATE = ("gone",), ("malformed",), ("late",)
+
+
+class _Late(Exception):
+    pass
 
 
 def _encode_call(name, args, kwargs):
@@ -295,6 +323,170 @@ def judge(job, channel, traced=lambda: None):
     return "passed", ""
 
 
+# ---- differential testing (HumanEval+, MBPP+) ----------------------------------------
+
+_EXPECTED = {}  # per problem: the calls, the reference's answers and each input's limit
+_EXPECTED_CACHE = 64
+_RTOL = 1e-7  # EvalPlus compares floats as np.allclose(out, exp, rtol=1e-7, atol=atol)
+
+
+def _is_floats(x):
+    """EvalPlus's test for a float answer: a float, or a non-empty list/tuple of floats."""
+    if type(x) is float:
+        return True
+    return type(x) in (list, tuple) and len(x) > 0 and all(type(i) is float for i in x)
+
+
+def _close(out, exp, atol):
+    """``np.allclose(out, exp, rtol=1e-7, atol=atol)`` for the shapes EvalPlus meets: a
+    number, or a list/tuple of numbers of the same type and length (NaN never close)."""
+    if type(out) is not type(exp):
+        return False
+    if type(exp) in (list, tuple):
+        return len(out) == len(exp) and all(_close_number(o, e, atol)
+                                            for o, e in zip(out, exp))
+    return _close_number(out, exp, atol)
+
+
+def _close_number(o, e, atol):
+    if type(o) not in (int, float, bool) or type(e) not in (int, float, bool):
+        return False
+    if o == e:  # equal infinities included
+        return True
+    if math.isnan(o) or math.isnan(e) or math.isinf(o) or math.isinf(e):
+        return False
+    return abs(o - e) <= atol + _RTOL * abs(e)
+
+
+def _poly(xs, x):
+    return sum(c * math.pow(x, i) for i, c in enumerate(xs))
+
+
+def _surface_area(base_edge, height):
+    """Mbpp/581 read with the height perpendicular to the base, rounded."""
+    slant = math.sqrt((base_edge / 2) ** 2 + height ** 2)
+    return round(base_edge ** 2 + 2 * base_edge * slant)
+
+
+def _digit_distance(a, b):
+    """Mbpp/558 with the shorter number padded with leading zeros."""
+    x, y = str(a), str(b)
+    width = max(len(x), len(y))
+    return sum(abs(int(p) - int(q)) for p, q in zip(x.zfill(width), y.zfill(width)))
+
+
+def _agrees(oracle, out, exp, args, atol):
+    """Whether the candidate's answer ``out`` to ``args`` is right (EvalPlus's rules)."""
+    if oracle == "poly_root":  # HumanEval/32: any root of the polynomial will do
+        return type(out) in (int, float) and abs(_poly(*args, out)) <= atol
+    if oracle == "not_none":  # the reference's answer is only known as None / not None
+        return out == exp if type(out) is bool else exp == (out is not None)
+    if oracle == "set_equal":
+        try:
+            return set(out) == set(exp)
+        except TypeError:
+            return False
+    if out == exp:
+        return True
+    if oracle == "any":
+        return True
+    if oracle == "or_zero" and out == 0:
+        return True
+    if oracle == "surface_area":
+        try:
+            return abs(out - _surface_area(*args)) <= atol
+        except (TypeError, ValueError, OverflowError):
+            return False
+    if oracle == "digit_distance":
+        return out == _digit_distance(*args)
+    if atol == 0 and _is_floats(exp):
+        atol = 1e-6  # EvalPlus compares float answers within 1e-6 when atol is 0
+    return atol != 0 and _close(out, exp, atol)
+
+
+def expected(job, data):
+    """The calls, the reference's answers and each input's time limit for one problem."""
+    key = (data, job["reference"], job["entry"], job.get("oracle"),
+           job["min_time_limit"], job["time_factor"])
+    if key in _EXPECTED:
+        return _EXPECTED[key]
+    inputs = decode(data)
+    entry = job["entry"]
+    namespace = {"__name__": "__reference__"}
+    exec(compile(job["reference"], "<reference>", "exec"), namespace)
+    fn = namespace[entry]
+    calls, answers, limits = [], [], []
+    for args in inputs:
+        calls.append(_encode_call(entry, args, {}))
+        fresh = decode(encode(list(args)))  # the reference may mutate its arguments
+        start = time.perf_counter()
+        out = fn(*fresh)
+        elapsed = time.perf_counter() - start
+        answers.append(out is not None if job.get("oracle") == "not_none" else out)
+        limits.append(max(job["min_time_limit"], job["time_factor"] * elapsed))
+    if len(_EXPECTED) >= _EXPECTED_CACHE:
+        _EXPECTED.pop(next(iter(_EXPECTED)))
+    _EXPECTED[key] = outcome = (calls, inputs, answers, limits)
+    return outcome
+
+
+def differential(job, data, channel, traced):
+    """The verdict of one candidate on one problem's inputs (base or plus)."""
+    calls, inputs, answers, limits = expected(job, data)
+    traced(min(job["task_cap_s"], sum(limits)) + 1)
+    first = channel.first_line()
+    if first != "ready":
+        return _load_failure(first)
+    part, oracle = job.get("part", "test"), job.get("oracle")
+    replies = []
+    for payload, limit in zip(calls, limits):  # every input, whatever the answers so far
+        reply = channel.exchange(payload, limit)
+        if reply is _GONE or reply is _LATE:
+            break
+        replies.append(reply)
+    channel.close()
+    for i, (args, exp) in enumerate(zip(inputs, answers)):
+        where = f"{part} input {i + 1} of {len(inputs)}"
+        if i >= len(replies):
+            if reply is _LATE:
+                return "timed out", f"{where}: no answer within {limits[i]:.3g} s"
+            return "failed", f"{where}: the candidate died"
+        r = replies[i]
+        if type(r) is tuple and len(r) == 2 and r[0] == "bad" and oracle == "not_none":
+            r = ("ok", object(), [])  # an answer that cannot cross is not None
+        if type(r) is not tuple or len(r) != 3 or r[0] not in ("ok", "raise"):
+            return "failed", (f"{where}: the answer cannot cross to the judge (not plain "
+                              "data, or past the wire's limits)")
+        if r[0] == "raise":
+            name = r[1] if type(r[1]) is str and r[1] in _EXCEPTIONS else "an exception"
+            return "failed", f"{where}: raised {name}"
+        if not _agrees(oracle, r[1], exp, args, job["atol"]):
+            return "failed", f"{where}: wrong answer"
+    return "passed", ""
+
+
+def _receive(control):
+    """One job: ``<header bytes> <data bytes>\n`` then the header (JSON) and the data,
+    over as many messages as it takes; the two pipe descriptors come with the first."""
+    first, fds, _, _ = socket.recv_fds(control, 1 << 16, 2)
+    if not first:
+        return None, None, fds
+    line, _, rest = first.partition(b"\n")
+    sizes = line.split(b" ")
+    if len(sizes) != 2 or not all(x.isdigit() for x in sizes):
+        return {}, b"", fds
+    n_header, n_data = int(sizes[0]), int(sizes[1])
+    parts, got = [rest], len(rest)
+    while got < n_header + n_data:
+        chunk = control.recv(1 << 16)
+        if not chunk:
+            return None, None, fds
+        parts.append(chunk)
+        got += len(chunk)
+    body = b"".join(parts)
+    return json.loads(body[:n_header]), body[n_header:], fds
+
+
 def main():
     control = socket.socket(fileno=int(sys.argv[1]))
     uid, gid, memory = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -312,10 +504,10 @@ def main():
         resource.setrlimit(limit, (value, value))
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(control, 1 << 20, 2)
-        except OSError:
+            job, data, fds = _receive(control)
+        except (OSError, ValueError):
             return
-        if not data:
+        if job is None:
             return
         if len(fds) != 2:
             for fd in fds:
@@ -324,8 +516,15 @@ def main():
                          .encode())
             continue
         channel = Channel(*fds)
+
+        def traced(budget=None):  # the harness restarts the sample's clock (at budget s)
+            control.send(b"traced" if budget is None else b"traced %.6f" % budget)
+
         try:
-            verdict, reason = judge(json.loads(data), channel, lambda: control.send(b"traced"))
+            if job.get("mode") == "differential":
+                verdict, reason = differential(job, data, channel, traced)
+            else:
+                verdict, reason = judge(job, channel, traced)
         except Unsupported as e:
             verdict, reason = "unsupported", _clean(e)
         except CandidateGone as e:

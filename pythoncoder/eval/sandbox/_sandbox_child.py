@@ -170,10 +170,13 @@ def _main():
     os.dup2(null, 0)
     os.close(null)
     header, _, source = data.partition(b"\n")
-    mode, nonce, limited = (header.decode("ascii", "replace").split(" ") + ["", ""])[:3]
+    mode, nonce, limited, job_cpu = (header.decode("ascii", "replace").split(" ")
+                                     + ["", "", ""])[:4]
     nonce = nonce.encode("ascii")
-    if limited != "1":  # the harness did not prlimit() this process: do it here
-        _set_limits(cpu_s, memory, file_size, nproc, nofile)
+    if limited != "1":  # the harness did not prlimit() this process: do it here, with
+        # this job's CPU seconds (a job may have more than the sandbox was started with)
+        _set_limits(int(job_cpu) if job_cpu.isdigit() else cpu_s, memory, file_size,
+                    nproc, nofile)
 
     namespace = {"__name__": "__sample__", "__builtins__": __builtins__}
     streams = (sys.stdout, sys.stderr)

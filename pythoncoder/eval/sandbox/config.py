@@ -89,11 +89,17 @@ class Job:
     calling the candidate's functions ``names`` across the process boundary. Without it
     the source is the whole program and the verdict is the weak in-sandbox one;
     ``fallback`` is that whole program for when the judge finds the test unsupported.
+
+    ``data`` goes to the judge after the spec (a differential job's inputs, ``_wire``
+    bytes); ``timeout_s``, when given, replaces the configured seconds for this job (its
+    CPU limit and its clock until the judge names the budget it computed).
     """
 
     source: str
     judge: Mapping[str, Any] | None = None
     fallback: str | None = None
+    data: bytes = b""
+    timeout_s: float | None = None
 
 
 def sanitize(text: str, cap: int = REASON_CAP) -> str:

@@ -12,7 +12,14 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from pythoncoder.eval.sandbox.config import FAILED, PASSED, SANDBOX_GID, SANDBOX_UID, SandboxConfig
+from pythoncoder.eval.sandbox.config import (
+    FAILED,
+    PASSED,
+    SANDBOX_GID,
+    SANDBOX_UID,
+    TIMED_OUT,
+    SandboxConfig,
+)
 from pythoncoder.eval.sandbox.isolate import (
     _bwrap_base,
     _bwrap_popen,
@@ -20,6 +27,8 @@ from pythoncoder.eval.sandbox.isolate import (
     _script,
     _unshare_prefix,
 )
+
+MESSAGE = 1 << 16  # the judge reads a message into a buffer of this size
 
 
 class _Judge:
@@ -46,8 +55,15 @@ class _Judge:
         finally:
             theirs.close()
 
-    def send(self, job: Mapping[str, Any], fds: tuple[int, int]) -> None:
-        socket.send_fds(self.sock, [json.dumps(dict(job)).encode()], list(fds))
+    def send(self, job: Mapping[str, Any], fds: tuple[int, int], data: bytes = b"") -> None:
+        """The spec (JSON) and ``data`` after it, in messages of at most ``MESSAGE``
+        bytes (a datagram socket's send buffer holds ~200 KiB, a problem's inputs can be
+        more); the candidate's two pipe ends ride on the first."""
+        header = json.dumps(dict(job)).encode()
+        body = b"%d %d\n" % (len(header), len(data)) + header + data
+        socket.send_fds(self.sock, [body[:MESSAGE]], list(fds))
+        for at in range(MESSAGE, len(body), MESSAGE):
+            self.sock.sendall(body[at:at + MESSAGE])
 
     def close(self) -> None:
         try:
@@ -70,4 +86,6 @@ def _judge_verdict(reply: bytes | None) -> tuple[str, str]:
         return PASSED, ""
     if verdict == "unsupported":
         return "unsupported", reason
+    if verdict == TIMED_OUT:  # an input of a differential job past its own limit
+        return TIMED_OUT, reason
     return FAILED, reason or "the test failed"

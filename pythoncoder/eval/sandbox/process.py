@@ -191,17 +191,18 @@ class _Slot:
             self.judge = None
 
     def run(self, job: Job, timeout_s: float | None = None) -> SandboxResult:
+        timeout_s = timeout_s or job.timeout_s
         if job.judge is None:
             return self._run(job.source, None, timeout_s)
-        result = self._run(job.source, job.judge, timeout_s)
+        result = self._run(job.source, job.judge, timeout_s, job.data)
         if result.status == "unsupported":
             return self._run(job.fallback or job.source, None, timeout_s)
         return result
 
     def _run(self, source: str, judge_spec: Mapping[str, Any] | None,
-             timeout_s: float | None = None) -> SandboxResult:
+             timeout_s: float | None = None, data: bytes = b"") -> SandboxResult:
         config = self.config
-        if timeout_s is not None:  # the self-test's longer clock (a loaded host)
+        if timeout_s is not None:  # the self-test's longer clock (a loaded host), a job's
             config = dataclasses.replace(config, timeout_s=timeout_s)
         cand = self._candidate()
         nonce = secrets.token_hex(16)
@@ -213,11 +214,11 @@ class _Slot:
                 if self.judge is None:
                     self.judge = _Judge(config, self.kind)
                 try:
-                    self.judge.send(judge_spec, (cand.out_r, cand.in_w))
+                    self.judge.send(judge_spec, (cand.out_r, cand.in_w), data)
                 except OSError:  # the judge is gone (it should not be): one fresh try
                     self.judge.close()
                     self.judge = _Judge(config, self.kind)
-                    self.judge.send(judge_spec, (cand.out_r, cand.in_w))
+                    self.judge.send(judge_spec, (cand.out_r, cand.in_w), data)
                 control = self.judge.sock
                 for fd in (cand.out_r, cand.in_w):
                     os.close(fd)
@@ -226,7 +227,8 @@ class _Slot:
                 os.close(cand.in_w)
                 cand.in_w = None
             limited = int(_prlimit(cand, config))
-            payload = f"{mode} {nonce} {limited}\n{source}".encode("utf-8", "surrogatepass")
+            payload = f"{mode} {nonce} {limited} {config.cpu_seconds}\n{source}".encode(
+                "utf-8", "surrogatepass")
             outcome = _supervise(cand, payload, control, config, start)
         except BaseException:
             cand.kill()
@@ -235,13 +237,13 @@ class _Slot:
                 self.judge = None
             raise
         returncode = cand.kill()
-        timed_out, report, out, err, judge_reply = outcome
+        timed_out, report, out, err, judge_reply, allowed = outcome
         if timed_out or (control is not None and judge_reply is None):
             if self.judge is not None:  # it may be stuck in the test: start a fresh one
                 self.judge.close()
                 self.judge = None
         if timed_out:
-            status, reason = TIMED_OUT, f"no result within {config.timeout_s:g} s"
+            status, reason = TIMED_OUT, f"no result within {allowed:.3g} s"
         elif judge_spec is not None:
             status, reason = _judge_verdict(judge_reply)
         else:
@@ -315,7 +317,7 @@ def _supervise(cand: _Candidate, payload: bytes, control: socket.socket | None,
         sel.register(fd, selectors.EVENT_READ)
     if control is not None:
         sel.register(control.fileno(), selectors.EVENT_READ)
-    timed_out, sent, judge_reply = False, 0, None
+    timed_out, sent, judge_reply, allowed = False, 0, None, config.timeout_s
     try:
         while sel.get_map():
             remaining = deadline - time.monotonic()
@@ -337,11 +339,12 @@ def _supervise(cand: _Candidate, payload: bytes, control: socket.socket | None,
                     continue
                 if control is not None and fd == control.fileno():
                     judge_reply = control.recv(1 << 16)
-                    if judge_reply == b"traced":  # the reference's time is not the sample's
-                        deadline = time.monotonic() + config.timeout_s
+                    if judge_reply.startswith(b"traced"):  # the reference's time is not
+                        allowed = _budget(judge_reply, config.timeout_s)  # the sample's
+                        deadline = time.monotonic() + allowed
                         continue
                     sel.close()
-                    return False, "", out, err, judge_reply
+                    return False, "", out, err, judge_reply, allowed
                 chunk = os.read(fd, _READ_CHUNK)
                 if chunk:
                     sinks[fd].add(chunk)
@@ -357,7 +360,17 @@ def _supervise(cand: _Candidate, payload: bytes, control: socket.socket | None,
                 pause = min(pause * 2, 0.01)
     finally:
         sel.close()
-    return timed_out, report.text(), out, err, judge_reply
+    return timed_out, report.text(), out, err, judge_reply, allowed
+
+
+def _budget(traced: bytes, limit: float) -> float:
+    """The sample's seconds after ``traced [seconds]``: the judge's figure (a differential
+    job's, from the reference's times) but never more than the job's own limit."""
+    try:
+        given = float(traced[len(b"traced"):] or limit)
+    except ValueError:
+        return limit
+    return min(given, limit) if given > 0 else limit
 
 
 def _exited(pid: int) -> bool:
