@@ -44,21 +44,27 @@ SECURE = SandboxConfig(timeout_s=10.0)
 WEAK = SandboxConfig(timeout_s=10.0, seccomp=False)
 
 
-def _syscall_probe(calls: dict[str, str]) -> str:
-    """A sample printing ``name result errno`` per raw syscall (numbers of this machine)."""
-    numbers = ARCH[1]
+def _syscall_probe(calls: dict[str, str], setup: str = "") -> str:
+    """A sample printing ``name result errno`` per raw syscall (numbers of this machine;
+    ``setup`` runs first, so arguments may name what it makes)."""
+    numbers = {**ARCH[1], **UNLISTED}
     lines = ["import ctypes", "libc = ctypes.CDLL(None, use_errno=True)",
              "def sc(nr, *args):",
              "    ctypes.set_errno(0)",
-             "    return libc.syscall(nr, *args), ctypes.get_errno()"]
+             "    return libc.syscall(nr, *args), ctypes.get_errno()", setup]
     for name, args in calls.items():
         syscall = name.split(":")[0]
         lines.append(f"print({name!r}, *sc({numbers[syscall]}, {args}), flush=True)")
     return "\n".join(lines) + "\n"
 
 
-def _outcomes(config: SandboxConfig, calls: dict[str, str]) -> dict[str, tuple[int, int]]:
-    result = run_program(_syscall_probe(calls), config)
+# Calls on neither list of the filter (the same number on x86-64 and AArch64).
+UNLISTED = {"pidfd_open": 434, "process_madvise": 440}
+
+
+def _outcomes(config: SandboxConfig, calls: dict[str, str], setup: str = ""
+              ) -> dict[str, tuple[int, int]]:
+    result = run_program(_syscall_probe(calls, setup), config)
     assert result.passed, (result.result, result.stderr[-500:])
     out = {}
     for line in result.stdout.splitlines():
@@ -126,6 +132,70 @@ def test_page_cache_probe_is_denied():
     probe = {"mincore": "0, 4096, 0"}  # any address: the filter answers before the kernel
     assert _outcomes(SECURE, probe)["mincore"] == (-1, 1)
     assert _outcomes(WEAK, probe)["mincore"][1] != 1  # control: the kernel itself answers
+
+
+# A file of the host's (the interpreter, read-only in the view), an anonymous page, and a
+# buffer: what the page-cache calls below are aimed at.
+CACHE_SETUP = """
+import mmap, os, sys
+fd = os.open(sys.executable, os.O_RDONLY)
+page = mmap.mmap(-1, 4096)
+addr = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+buf = ctypes.create_string_buffer(4096)
+iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 4096)
+"""
+NOWAIT = 8  # RWF_NOWAIT: EAGAIN unless the pages are cached, a residency probe
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_page_cache_and_sync_calls_are_refused():
+    calls = {"sync": "", "syncfs": "fd", "fsync": "fd", "fdatasync": "fd",
+             "sync_file_range": "fd, 0, 4096, 2", "fadvise64": "fd, 0, 4096, 3",  # WILLNEED
+             "readahead": "fd, 0, 4096", "preadv2": f"fd, iov, 1, 0, 0, {NOWAIT}",
+             "madvise:willneed": "addr, 4096, 3", "madvise:pageout": "addr, 4096, 21",
+             "madvise:mergeable": "addr, 4096, 12"}
+    if "readahead" not in ARCH[1]:  # AArch64's numbers
+        calls.pop("readahead")
+    secure = _outcomes(SECURE, calls, CACHE_SETUP)
+    assert all(out == (-1, 1) for out in secure.values()), secure  # EPERM, every one
+    allowed = _outcomes(SECURE, {"madvise:dontneed": "addr, 4096, 4"}, CACHE_SETUP)
+    assert allowed["madvise:dontneed"] == (0, 0)  # the allocator's advice still works
+    # Control: without the filter the kernel does what each asks (sync writes back the
+    # host's dirty pages, fadvise/readahead fill its page cache, RWF_NOWAIT probes it).
+    weak = _outcomes(WEAK, {k: v for k, v in calls.items() if k != "madvise:mergeable"},
+                     CACHE_SETUP)
+    assert all(err != 1 for _, err in weak.values()), weak
+    assert weak["sync"] == (0, 0) and weak["fadvise64"] == (0, 0), weak
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_only_unix_sockets_can_be_made():
+    families = {"unix": 1, "inet": 2, "inet6": 10, "netlink": 16, "packet": 17, "alg": 38,
+                "vsock": 40, "bluetooth": 31, "can": 29}
+    calls = {f"socket:{name}": f"{af}, 2 | 0o2000000, 0" for name, af in families.items()}
+    calls["socketpair:inet"] = "2, 1, 0, (ctypes.c_int * 2)()"
+    secure = _outcomes(SECURE, calls)
+    assert secure.pop("socket:unix")[0] >= 0
+    assert all(out == (-1, 97) for out in secure.values()), secure  # EAFNOSUPPORT
+    # Control: without the filter the network namespace's own families open (vsock,
+    # where the host has it, reaches the hypervisor past --unshare-net).
+    weak = _outcomes(WEAK, {k: calls[k] for k in ("socket:inet", "socket:netlink")})
+    assert all(ret >= 0 for ret, _ in weak.values()), weak
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_calls_off_the_allow_list_and_host_counters_are_refused():
+    calls = {"pidfd_open": "os.getpid(), 0", "process_madvise": "0, 0, 0, 0, 0",
+             "sysinfo": "buf"}
+    setup = "import os\nbuf = ctypes.create_string_buffer(256)"
+    secure = _outcomes(SECURE, calls, setup)
+    assert secure["pidfd_open"] == (-1, 38) and secure["process_madvise"] == (-1, 38)  # ENOSYS
+    assert secure["sysinfo"] == (-1, 1), secure  # host uptime, load, memory, processes
+    weak = _outcomes(WEAK, {k: calls[k] for k in ("pidfd_open", "sysinfo")}, setup)
+    assert weak["pidfd_open"][0] >= 0 and weak["sysinfo"] == (0, 0), weak  # the control
 
 
 FLOOD = """
@@ -271,8 +341,10 @@ def test_no_host_path_on_any_command_line(monkeypatch):
 
     # Control: bwrap's options on its own command line (the old launcher): /proc/1/cmdline
     # shows the Python installation and the scripts' host directory.
-    def on_argv(options, command, seccomp, pass_fds=(), **kwargs):
-        return subprocess.Popen([shutil.which("bwrap"), *options, *command],
+    def on_argv(options, command, seccomp, pass_fds=(), *, python=None, **kwargs):
+        scripts = [arg for name, path in isolate._script_files(python or sys.executable).items()
+                   for arg in ("--ro-bind", path, f"/sbx/{name}")]
+        return subprocess.Popen([shutil.which("bwrap"), *options, *scripts, *command],
                                 pass_fds=pass_fds, **kwargs)
 
     for module in (isolate, judge, process):  # every module that starts a bwrap
@@ -326,3 +398,49 @@ def test_eval_exits_2_with_one_line_and_no_results(broken_python, tmp_path, monk
     monkeypatch.undo()
     assert main(args) == 0 and out.exists()
     assert len(problems) == humaneval.NUM_PROBLEMS
+
+
+HOST_STATE = """
+import os
+for path in ("/proc/loadavg", "/proc/uptime", "/proc/stat", "/proc/meminfo", "/proc/locks",
+             "/proc/cmdline", "/proc/sys/kernel/random/boot_id", "/proc/sys/fs/dentry-state",
+             "/proc/pressure/memory", "/proc/diskstats", "/proc/cpuinfo"):
+    try:
+        with open(path) as f:
+            print(path, len(f.read()))
+    except OSError as e:
+        print(path, "unreadable", type(e).__name__)
+print("mountinfo", open("/proc/self/mountinfo").read().replace(chr(10), " | "))
+"""
+
+
+def _host_state(config: SandboxConfig) -> tuple[dict[str, str], str]:
+    result = run_program(HOST_STATE, config)
+    assert result.passed, (result.result, result.stderr[-500:])
+    lines = result.stdout.splitlines()
+    mountinfo = lines.pop()
+    return dict(line.split(" ", 1) for line in lines), mountinfo
+
+
+@pytest.mark.req("EVAL-04")
+@needs_bwrap
+def test_host_counters_and_paths_are_not_readable(monkeypatch):
+    seen, mountinfo = _host_state(SECURE)
+    assert all(v == "0" or v.startswith("unreadable") for v in seen.values()), seen
+    folder = isolate._script_dir(sys.executable)  # the scripts' host copy
+    assert os.path.basename(folder) not in mountinfo and "/sbx/_judge.py" in mountinfo
+    # Control: without the masks each is the host's (non-empty); a bind names its host
+    # source in mountinfo (the Python installation, bound at its own path, does).
+    monkeypatch.setattr(isolate, "HIDDEN_PROC_FILES", ())
+    monkeypatch.setattr(isolate, "HIDDEN_PROC_DIRS", ())
+    isolate._bwrap_base.cache_clear()
+    try:
+        open_, mountinfo = _host_state(SECURE)
+    finally:
+        monkeypatch.undo()
+        isolate._bwrap_base.cache_clear()  # no weakened options left for later tests
+    readable = [k for k, v in open_.items() if v.isdigit() and int(v) > 0]
+    assert {"/proc/loadavg", "/proc/uptime", "/proc/stat", "/proc/meminfo", "/proc/cmdline",
+            "/proc/sys/kernel/random/boot_id"} <= set(readable), open_
+    root = sys.base_prefix
+    assert f" {root} {root} " in mountinfo

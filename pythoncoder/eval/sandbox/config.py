@@ -41,6 +41,9 @@ class SandboxConfig:
     work_inodes: int = 4096
     max_processes: int = 0
     max_open_files: int = 64
+    # RLIMIT_SIGPENDING: signals queued and POSIX timers (each holds one), kernel memory
+    # no other limit counts; -1 leaves the host's (only to show, in tests, what it stops)
+    max_pending_signals: int = 64
     output_cap_bytes: int = 64 * 1024
     isolate_network: bool = True
     isolation: str = "auto"

@@ -69,6 +69,19 @@ def _script_dir(python: str) -> str:
     return folder
 
 
+def _script_files(python: str) -> dict[str, str]:
+    """``{name in /sbx: host path}``: the scripts as the sandbox runs them (their
+    bytecode where compiled, else their source)."""
+    folder = _script_dir(python)
+    files = {}
+    for src in (CHILD_SCRIPT, JUDGE_SCRIPT, WIRE_SCRIPT):
+        name = os.path.basename(src)
+        if os.path.exists(os.path.join(folder, name + "c")):
+            name += "c"
+        files[name] = os.path.join(folder, name)
+    return files
+
+
 def _script(python: str, kind: str, name: str) -> str:
     """Path of script ``name`` as the sandboxed interpreter sees it."""
     folder = _script_dir(python)
@@ -113,15 +126,34 @@ def _bwrap_base(python: str, unprivileged: bool) -> tuple[str, ...]:
     site |= {str(p) for lib in binds for p in Path(lib).glob("python3*/*-packages")}
     for path in sorted(p for p in site if os.path.isdir(p)):
         args += ["--tmpfs", path]  # empty, root-owned 0755: unwritable for uid 65534
-    # The scripts (a copy of this package's, see _script_dir) as /sbx. One bind, not
-    # three: each --ro-bind makes bwrap re-read the mount table (CPU per sample).
-    args += ["--ro-bind", _script_dir(python), _SBX]
+    # The scripts (a copy of this package's, see _script_dir) appear in /sbx as files of
+    # bwrap's own tmpfs (--ro-bind-data, added by _bwrap_popen): a bind of the copy
+    # would name its host folder in /proc/self/mountinfo.
+    args += ["--symlink", os.path.realpath(python), f"{_SBX}/python"]
     args += ["--proc", "/proc", "--dev", "/dev"]
-    # Host-wide key accounting (every uid's key counts): unreadable inside (nodev binds).
-    for path in ("/proc/keys", "/proc/key-users"):
+    # Host-wide state /proc shows whatever the namespaces: unreadable inside.
+    for path in HIDDEN_PROC_DIRS:
+        if os.path.isdir(path):
+            args += ["--tmpfs", path]  # empty, root-owned
+    for path in HIDDEN_PROC_FILES:
         if os.path.exists(path):
-            args += ["--ro-bind", "/dev/null", path]
+            args += ["--ro-bind", "/dev/null", path]  # reads as empty
     return tuple(args)
+
+
+# /proc files and folders that show the host's, not the sandbox's, state to any uid:
+# the host's counters (load, uptime, memory, CPU, I/O, interrupts, page allocator,
+# pressure, locks held by every process, cgroup and key accounting), its kernel command
+# line, its CPUs and disks, and its tunables and identity (/proc/sys: boot id, dentry and
+# file counts, limits). Files only root may read (slabinfo, kpage*, timer_list...) stay:
+# the sample runs as uid 65534. Each entry is one mount per sandbox (~0.2 ms).
+HIDDEN_PROC_FILES = (
+    "/proc/keys", "/proc/key-users", "/proc/loadavg", "/proc/uptime", "/proc/stat",
+    "/proc/meminfo", "/proc/vmstat", "/proc/zoneinfo", "/proc/buddyinfo",
+    "/proc/diskstats", "/proc/interrupts", "/proc/softirqs", "/proc/locks", "/proc/swaps",
+    "/proc/partitions", "/proc/cmdline", "/proc/cpuinfo", "/proc/cgroups",
+)
+HIDDEN_PROC_DIRS = ("/proc/sys", "/proc/pressure")
 
 
 @functools.cache
@@ -147,17 +179,25 @@ def _pipe_with(data: bytes) -> int:
 
 
 def _bwrap_popen(options: Sequence[str], command: Sequence[str], seccomp: bool,
-                 pass_fds: Sequence[int] = (), **kwargs: Any) -> subprocess.Popen:
+                 pass_fds: Sequence[int] = (), *, python: str | None = None,
+                 **kwargs: Any) -> subprocess.Popen:
     """Start ``command`` in bwrap: options through ``--args FD`` and the seccomp filter
     through ``--seccomp FD``, so bwrap's command line (what ``/proc/1/cmdline`` shows
     inside) is ``bwrap --args N [--seccomp M] /sbx/python ...``, no host path."""
-    fds = [_pipe_with(b"".join(os.fsencode(a) + b"\0" for a in options))]
-    argv = ["bwrap", "--args", str(fds[0])]
+    fds = []
     try:
+        # the scripts as files of bwrap's tmpfs, read from descriptors (no host path)
+        scripts = []
+        for name, path in _script_files(python or sys.executable).items():
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            scripts += ["--perms", "0644", "--ro-bind-data", str(fds[-1]), f"{_SBX}/{name}"]
+        fds.insert(0, _pipe_with(b"".join(os.fsencode(a) + b"\0"
+                                          for a in (*options, *scripts))))
+        argv = ["bwrap", "--args", str(fds[0])]
         program = _seccomp_program() if seccomp else None
         if program is not None:
             fds.append(_pipe_with(program))
-            argv += ["--seccomp", str(fds[1])]
+            argv += ["--seccomp", str(fds[-1])]
         return subprocess.Popen([*argv, *command], executable=shutil.which("bwrap"),
                                 pass_fds=(*pass_fds, *fds), **kwargs)
     finally:
@@ -179,7 +219,8 @@ def _probe(kind: str, python: str) -> bool:
             proc = _bwrap_popen(
                 [*_bwrap_base(python, os.geteuid() != 0), "--perms", "1777", "--tmpfs", _WORK,
                  "--chdir", _WORK], [_sbx_python(python, kind), "-I", "-S", "-c", "pass"],
-                seccomp=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                seccomp=True, python=python, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
         else:
             if shutil.which("unshare") is None:
                 return False

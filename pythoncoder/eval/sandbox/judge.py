@@ -47,7 +47,7 @@ class _Judge:
             if kind == "bwrap":
                 self.proc = _bwrap_popen([*_bwrap_base(config.python, os.geteuid() != 0),
                                           "--chdir", "/"], cmd, config.seccomp,
-                                         (theirs.fileno(),), **popen)
+                                         (theirs.fileno(),), python=config.python, **popen)
             else:
                 prefix = _unshare_prefix() if kind == "unshare" else []
                 self.proc = subprocess.Popen([*prefix, *cmd], pass_fds=(theirs.fileno(),),

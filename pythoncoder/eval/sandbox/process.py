@@ -49,7 +49,8 @@ _READ_CHUNK = 1 << 16
 
 def _limits(config: SandboxConfig) -> list[str]:
     return [str(config.cpu_seconds), str(config.memory_bytes), str(config.file_size_bytes),
-            str(config.max_processes), str(config.max_open_files)]
+            str(config.max_processes), str(config.max_open_files),
+            str(config.max_pending_signals)]
 
 
 class _Candidate:
@@ -88,7 +89,7 @@ class _Candidate:
         try:
             if kind == "bwrap":
                 self.proc = _bwrap_popen(options, cmd, config.seccomp, (c2j_w, j2c_r),
-                                         **popen)
+                                         python=config.python, **popen)
             else:
                 prefix = _unshare_prefix() if kind == "unshare" else []
                 self.proc = subprocess.Popen([*prefix, *cmd], pass_fds=(c2j_w, j2c_r),
@@ -258,6 +259,16 @@ class _Slot:
             pid=cand.proc.pid, verdict=JUDGE if judge_spec is not None else IN_SANDBOX)
 
 
+def _kernel_limits(pending: int) -> list[tuple[int, tuple[int, int]]]:
+    """What no other limit counts: queued signals and POSIX timers (RLIMIT_SIGPENDING),
+    POSIX message queue bytes, locked memory, real-time priority (all 0)."""
+    if pending < 0:
+        return []
+    return [(resource.RLIMIT_SIGPENDING, (pending, pending)),
+            (resource.RLIMIT_MSGQUEUE, (0, 0)), (resource.RLIMIT_MEMLOCK, (0, 0)),
+            (resource.RLIMIT_RTPRIO, (0, 0))]
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -292,6 +303,7 @@ def _prlimit(cand: _Candidate, config: SandboxConfig) -> bool:
             (resource.RLIMIT_FSIZE, (config.file_size_bytes,) * 2),
             (resource.RLIMIT_NPROC, (config.max_processes,) * 2),
             (resource.RLIMIT_NOFILE, (config.max_open_files,) * 2),
+            *_kernel_limits(config.max_pending_signals),
         ):
             resource.prlimit(pid, limit, value)
     except OSError:
