@@ -8,6 +8,7 @@ it succeeds there: the test sees the hole when the hole is there.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -341,7 +342,7 @@ def test_no_host_path_on_any_command_line(monkeypatch):
 
     # Control: bwrap's options on its own command line (the old launcher): /proc/1/cmdline
     # shows the Python installation and the scripts' host directory.
-    def on_argv(options, command, seccomp, pass_fds=(), *, python=None, **kwargs):
+    def on_argv(options, command, seccomp, pass_fds=(), *, python=None, prefix=(), **kwargs):
         scripts = [arg for name, path in isolate._script_files(python or sys.executable).items()
                    for arg in ("--ro-bind", path, f"/sbx/{name}")]
         return subprocess.Popen([shutil.which("bwrap"), *options, *scripts, *command],
@@ -444,3 +445,44 @@ def test_host_counters_and_paths_are_not_readable(monkeypatch):
             "/proc/sys/kernel/random/boot_id"} <= set(readable), open_
     root = sys.base_prefix
     assert f" {root} {root} " in mountinfo
+
+
+KERNEL_OBJECTS = """
+import ctypes, fcntl, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+made = []
+for _ in range(4000):  # each POSIX timer holds a preallocated queued signal
+    tid = ctypes.c_void_p()
+    if libc.timer_create(1, None, ctypes.byref(tid)) != 0:  # CLOCK_MONOTONIC
+        break
+    made.append(tid)
+timers = len(made)
+for tid in made:
+    libc.timer_delete(tid)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN})
+queued = 0
+while queued < 4000 and libc.sigqueue(os.getpid(), signal.SIGRTMIN, 0) == 0:
+    queued += 1  # sigqueue(): one queued signal, one kernel object each
+r, w = os.pipe()
+try:
+    grown = fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ: 1 MiB of pipe buffer
+except OSError as e:
+    grown = -e.errno
+print(queued, timers, grown)
+"""
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_signals_timers_and_pipe_buffers_are_bounded_per_sample():
+    result = run_program(KERNEL_OBJECTS, SECURE)
+    assert result.passed, (result.result, result.stderr[-400:])
+    queued, timers, grown = map(int, result.stdout.split())
+    pending = SECURE.max_pending_signals
+    assert queued <= pending and timers <= pending, result.stdout  # RLIMIT_SIGPENDING
+    assert grown == -1, result.stdout  # F_SETPIPE_SZ refused (EPERM): 64 KiB per pipe
+    # Control: without the limits a sample queues thousands and grows a pipe to 1 MiB.
+    weak = run_program(KERNEL_OBJECTS, dataclasses.replace(WEAK, max_pending_signals=-1))
+    assert weak.passed, (weak.result, weak.stderr[-400:])
+    queued, timers, grown = map(int, weak.stdout.split())
+    assert queued == 4000 and timers == 4000 and grown == 1 << 20, weak.stdout

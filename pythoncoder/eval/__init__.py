@@ -1,6 +1,10 @@
-"""Evaluation: sandboxed HumanEval / MBPP and unbiased pass@k (EVAL-01..06).
+"""Evaluation: sandboxed HumanEval / MBPP, HumanEval+ / MBPP+ (EvalPlus) and unbiased
+pass@k (EVAL-01..07).
 
-``pythoncoder eval humaneval|mbpp`` is the command line (:mod:`pythoncoder.eval.commands`).
+``pythoncoder eval humaneval|mbpp|humaneval+|mbpp+`` is the command line
+(:mod:`pythoncoder.eval.commands`); each benchmark is one entry of
+:data:`pythoncoder.eval.benchmarks.BENCHMARKS`, every sample a job of the one sandbox
+(:mod:`pythoncoder.eval.sandbox`).
 """
 
 from pythoncoder.eval.benchmarks import BENCHMARKS, evaluate

@@ -25,6 +25,10 @@ Isolation (EVAL-04). Each sample gets a fresh bubblewrap (``bwrap``) sandbox:
   the kernel's other attack surface (its docstring lists every call and why);
 * ``--die-with-parent``, ``--new-session``; the sandbox's PID 1 takes every process of
   the sample with it when the harness kills the sandbox, so no daemon survives;
+* a memory cgroup per sandbox, kernel memory included (``cgroup.py``: v2 ``memory.max``
+  where the harness's cgroup is delegated, v1 ``memory.limit_in_bytes`` as root, else
+  none, with a warning): the dentry cache, pipe buffers and the like that no rlimit counts
+  are charged to the sample, capped, and reclaimed when it ends (``cgroup.mode()``);
 * rlimits: CPU seconds, address space, file size, processes (0: no fork), open files;
   set by the harness with ``prlimit`` on the waiting interpreter where the kernel allows
   (it must still be root, or the harness must hold ``CAP_SYS_RESOURCE``), else by the
@@ -63,6 +67,8 @@ Files (each module imports only from those above it):
 
 * ``config.py``: :class:`SandboxConfig`, :class:`Job`, :class:`SandboxResult`, the verdict
   names, :func:`sanitize` and the paths of the sandbox-side scripts;
+* ``cgroup.py``: the memory cgroups (mode detection, one group per sandbox, joined
+  before bwrap starts, emptied and removed after it);
 * ``isolate.py``: bwrap / unshare / none, the file-system view and the script copy, the
   seccomp program, the probes, :func:`isolation` and the missing-mechanism warnings;
 * ``judge.py``: the harness side of the judge (its process and its verdict);

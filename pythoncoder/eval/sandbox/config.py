@@ -32,6 +32,9 @@ class SandboxConfig:
     ``isolation`` is ``"auto"`` (bwrap, else unshare, else none, with a warning),
     or one of ``"bwrap"``, ``"unshare"``, ``"none"`` to force it. ``work_bytes`` and
     ``work_inodes`` cap the sample's writable ``/work`` tmpfs (inodes: root harness).
+    ``memory_cgroup`` puts each sandbox in a memory cgroup of its own where the host allows
+    (``cgroup.py``), limited to ``cgroup_bytes`` (0: ``memory_bytes`` + ``work_bytes`` +
+    256 MiB for kernel memory); False only to show, in tests, what it bounds.
     """
 
     timeout_s: float = 3.0
@@ -49,6 +52,8 @@ class SandboxConfig:
     isolation: str = "auto"
     python: str = sys.executable
     seccomp: bool = True  # False only to show, in tests, what the filter stops
+    memory_cgroup: bool = True
+    cgroup_bytes: int = 0
 
     @property
     def cpu_seconds(self) -> int:

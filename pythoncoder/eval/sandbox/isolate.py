@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pythoncoder.eval.sandbox import cgroup
 from pythoncoder.eval.sandbox.config import (
     _SBX,
     _WORK,
@@ -180,11 +181,14 @@ def _pipe_with(data: bytes) -> int:
 
 def _bwrap_popen(options: Sequence[str], command: Sequence[str], seccomp: bool,
                  pass_fds: Sequence[int] = (), *, python: str | None = None,
-                 **kwargs: Any) -> subprocess.Popen:
+                 prefix: Sequence[str] = (), **kwargs: Any) -> subprocess.Popen:
     """Start ``command`` in bwrap: options through ``--args FD`` and the seccomp filter
     through ``--seccomp FD``, so bwrap's command line (what ``/proc/1/cmdline`` shows
-    inside) is ``bwrap --args N [--seccomp M] /sbx/python ...``, no host path."""
+    inside) is ``bwrap --args N [--seccomp M] /sbx/python ...``, no host path; the
+    scripts of ``python`` (its private copy) reach /sbx as bind-data from descriptors.
+    ``prefix`` (a memory cgroup's, ``cgroup.Group.prefix``) runs first and execs bwrap."""
     fds = []
+    bwrap = shutil.which("bwrap")
     try:
         # the scripts as files of bwrap's tmpfs, read from descriptors (no host path)
         scripts = []
@@ -194,11 +198,16 @@ def _bwrap_popen(options: Sequence[str], command: Sequence[str], seccomp: bool,
         fds.insert(0, _pipe_with(b"".join(os.fsencode(a) + b"\0"
                                           for a in (*options, *scripts))))
         argv = ["bwrap", "--args", str(fds[0])]
+        if prefix:  # exec'd by the prefix through PATH: by name only if PATH finds this one
+            path = (kwargs.get("env") or os.environ).get("PATH", "")
+            if shutil.which("bwrap", path=path) != bwrap:
+                argv[0] = bwrap
         program = _seccomp_program() if seccomp else None
         if program is not None:
             fds.append(_pipe_with(program))
             argv += ["--seccomp", str(fds[-1])]
-        return subprocess.Popen([*argv, *command], executable=shutil.which("bwrap"),
+        return subprocess.Popen([*prefix, *argv, *command],
+                                executable=prefix[0] if prefix else bwrap,
                                 pass_fds=(*pass_fds, *fds), **kwargs)
     finally:
         for fd in fds:
@@ -285,9 +294,9 @@ def _missing_mechanisms(config: SandboxConfig, kind: str) -> list[str]:
     if not config.seccomp or _seccomp_program() is None:
         missing.append(
             f"no seccomp filter ({'disabled' if not config.seccomp else os.uname().machine}): "
-            "samples may use the kernel keyring (state that outlives them), create user "
-            "namespaces when the harness is root, and hold SysV/POSIX shared memory outside "
-            "the memory limit")
+            "samples may make any system call: the kernel keyring (state that outlives "
+            "them), user namespaces when the harness is root, SysV/POSIX shared memory "
+            "outside the memory limit, sockets of every family, page-cache probes and sync")
     if os.geteuid() != 0:
         missing.append(
             "no inode cap on /work (bubblewrap cannot set nr_inodes; the harness mounts it "
@@ -296,8 +305,18 @@ def _missing_mechanisms(config: SandboxConfig, kind: str) -> list[str]:
     return missing
 
 
+def _missing_memory_cgroup(config: SandboxConfig) -> list[str]:
+    """The memory cgroup, in every isolation mode: what its absence means."""
+    if cgroup.mode(config) != "none":
+        return []
+    return [f"no memory cgroup ({cgroup.why_none(config)}): kernel memory that no rlimit "
+            "counts (directory-entry cache, pipe and socket buffers, pending signals) is "
+            "unbounded for a sample and can outlive it; memory is capped by rlimits only "
+            "(cgroup v2 with a delegated subtree, or v1 as root, gives the cap)"]
+
+
 def _warn_missing(config: SandboxConfig, kind: str) -> None:
-    for text in _missing_mechanisms(config, kind):
+    for text in [*_missing_mechanisms(config, kind), *_missing_memory_cgroup(config)]:
         if text not in _WARNED:
             _WARNED.add(text)
             warnings.warn(f"pythoncoder eval sandbox: {text}.", RuntimeWarning, stacklevel=3)

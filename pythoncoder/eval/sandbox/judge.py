@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from pythoncoder.eval.sandbox import cgroup
 from pythoncoder.eval.sandbox.config import (
     FAILED,
     PASSED,
@@ -43,15 +44,24 @@ class _Judge:
         popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, cwd="/", start_new_session=True,
                      env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+        self.cgroup = None
         try:
+            self.cgroup = cgroup.create(config)
+            join = self.cgroup.prefix() if self.cgroup is not None else []
             if kind == "bwrap":
                 self.proc = _bwrap_popen([*_bwrap_base(config.python, os.geteuid() != 0),
                                           "--chdir", "/"], cmd, config.seccomp,
-                                         (theirs.fileno(),), python=config.python, **popen)
+                                         (theirs.fileno(),), python=config.python,
+                                         prefix=join, **popen)
             else:
                 prefix = _unshare_prefix() if kind == "unshare" else []
-                self.proc = subprocess.Popen([*prefix, *cmd], pass_fds=(theirs.fileno(),),
-                                             **popen)
+                self.proc = subprocess.Popen([*join, *prefix, *cmd],
+                                             pass_fds=(theirs.fileno(),), **popen)
+        except BaseException:
+            self.sock.close()
+            if self.cgroup is not None:
+                self.cgroup.remove()
+            raise
         finally:
             theirs.close()
 
@@ -72,6 +82,8 @@ class _Judge:
             pass
         self.proc.wait()
         self.sock.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
 def _judge_verdict(reply: bytes | None) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pythoncoder.eval.sandbox import cgroup
 from pythoncoder.eval.sandbox.config import (
     _WORK,
     FAILED,
@@ -86,18 +87,23 @@ class _Candidate:
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      cwd="/", env=env, start_new_session=True)
+        self.cgroup = None
         try:
+            self.cgroup = cgroup.create(config)  # born in it: joined before bwrap starts
+            join = self.cgroup.prefix() if self.cgroup is not None else []
             if kind == "bwrap":
                 self.proc = _bwrap_popen(options, cmd, config.seccomp, (c2j_w, j2c_r),
-                                         python=config.python, **popen)
+                                         python=config.python, prefix=join, **popen)
             else:
                 prefix = _unshare_prefix() if kind == "unshare" else []
-                self.proc = subprocess.Popen([*prefix, *cmd], pass_fds=(c2j_w, j2c_r),
+                self.proc = subprocess.Popen([*join, *prefix, *cmd], pass_fds=(c2j_w, j2c_r),
                                              **popen)
         except BaseException:
             for fd in (c2j_r, j2c_w):
                 os.close(fd)
             self._remove_workdir()
+            if self.cgroup is not None:
+                self.cgroup.remove()
             raise
         finally:
             os.close(c2j_w)
@@ -128,6 +134,8 @@ class _Candidate:
                 except OSError:
                     pass
         self._remove_workdir()
+        if self.cgroup is not None:  # kills any straggler, frees its kernel memory
+            self.cgroup.remove()
         return returncode
 
     def _remove_workdir(self) -> None:
