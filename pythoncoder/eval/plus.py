@@ -173,6 +173,10 @@ def verify(path: Path, benchmark: str, sha256: str | None = None) -> str:
         return f"sha256 {check_sha256(path, sha256)}"
     digest = text_sha256(path)
     version = RELEASES[benchmark].get(digest)
+    other = [f"{name} {RELEASES[name][digest]}" for name in RELEASES if digest in RELEASES[name]]
+    if version is None and other:
+        raise ValueError(f"{path} is {other[0]}, not {benchmark}: score it with "
+                         f"`pythoncoder eval {other[0].split()[0]}`")
     if version is None:
         known = ", ".join(sorted(RELEASES[benchmark].values()))
         raise ValueError(f"{path}: not a known {FILE_NAMES[benchmark]} release (sha256 of "

@@ -33,6 +33,8 @@ def test_a_release_is_known_by_its_text_whatever_the_compression(tmp_path, monke
         plus.load("humaneval+", packed)
     monkeypatch.setitem(plus.RELEASES["humaneval+"], digest, "v-test")
     problems = plus.load("humaneval+", packed)
+    with pytest.raises(ValueError, match="is humaneval\\+ v-test, not mbpp\\+"):
+        plus.load("mbpp+", packed)  # the other benchmark's release: named
     assert problems["HumanEval/0"]["release"] == "v-test"
     assert _wire.decode(problems["HumanEval/0"]["inputs"]["base"]) == [[1], [2]]
     assert _wire.decode(problems["HumanEval/0"]["inputs"]["plus"]) == [[3]]

@@ -245,16 +245,26 @@ def test_warns_once_without_bwrap(monkeypatch):
         assert sandbox.isolation() == "unshare"  # no second warning
 
 
-def test_limits_hold_whether_the_harness_or_the_child_sets_them():
+@pytest.mark.parametrize("by", ["harness", "child"])
+def test_limits_hold_whether_the_harness_or_the_child_sets_them(by, monkeypatch):
     # Pre-started sandboxes get their rlimits from the harness (prlimit) when their
-    # interpreter is up in time, else the child sets them: every sample sees the same.
+    # interpreter is up in time, else the child sets them from the same list: every sample
+    # sees the same, a job's own seconds included.
+    if by == "child":
+        monkeypatch.setattr(process, "_prlimit", lambda cand, config: False)
     config = SandboxConfig(timeout_s=2.0, memory_bytes=768 * 1024**2)
-    probe = ("import resource as r\nprint([r.getrlimit(x) for x in (r.RLIMIT_CPU, r.RLIMIT_AS, "
-             "r.RLIMIT_FSIZE, r.RLIMIT_NPROC, r.RLIMIT_NOFILE, r.RLIMIT_CORE)])")
-    expected = str([(3, 4), (768 * 1024**2,) * 2, (config.file_size_bytes,) * 2, (0, 0),
-                    (64, 64), (0, 0)])
-    results = run_programs([probe] * 6, config, workers=1)
-    assert [r.stdout.strip() for r in results] == [expected] * 6
+    names = ("CPU", "AS", "FSIZE", "NPROC", "NOFILE", "CORE", "SIGPENDING", "MSGQUEUE",
+             "MEMLOCK", "RTPRIO")
+    probe = ("import resource as r\nprint([r.getrlimit(getattr(r, 'RLIMIT_' + n)) for n in "
+             f"{names!r}])")
+    expected = [(3, 4), (768 * 1024**2,) * 2, (config.file_size_bytes,) * 2, (0, 0),
+                (64, 64), (0, 0), (64, 64), (0, 0), (0, 0), (0, 0)]
+    results = run_programs([probe] * 4 + [Job(probe, timeout_s=9.0)], config, workers=1)
+    assert [r.stdout.strip() for r in results] == [str(expected)] * 4 + [
+        str([(10, 11), *expected[1:]])]
+    assert process.rlimits(config) == [(n, *v) for n, v in zip(
+        ("CPU", "CORE", "AS", "FSIZE", "NPROC", "NOFILE", "SIGPENDING", "MSGQUEUE", "MEMLOCK",
+         "RTPRIO"), [expected[i] for i in (0, 5, 1, 2, 3, 4, 6, 7, 8, 9)], strict=True)]
 
 
 def test_prlimit_targets_only_the_interpreter():

@@ -32,23 +32,13 @@ import os
 import sys
 
 
-def _set_limits(cpu_s, memory, file_size, nproc, nofile, pending):
+def _set_limits(tokens):
+    """The harness's rlimits, ``NAME:soft:hard`` each (``resource.RLIMIT_<NAME>``)."""
     import resource  # only when the harness could not set them (saves a module load)
 
-    limits = [
-        (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),  # soft: SIGXCPU, hard: SIGKILL
-        (resource.RLIMIT_AS, (memory, memory)),
-        (resource.RLIMIT_FSIZE, (file_size, file_size)),
-        (resource.RLIMIT_NPROC, (nproc, nproc)),
-        (resource.RLIMIT_NOFILE, (nofile, nofile)),
-        (resource.RLIMIT_CORE, (0, 0)),
-    ]
-    if pending >= 0:  # queued signals and POSIX timers; mqueue bytes, mlock, RT priority
-        limits += [(resource.RLIMIT_SIGPENDING, (pending, pending)),
-                   (resource.RLIMIT_MSGQUEUE, (0, 0)), (resource.RLIMIT_MEMLOCK, (0, 0)),
-                   (resource.RLIMIT_RTPRIO, (0, 0))]
-    for limit, value in limits:
-        resource.setrlimit(limit, value)
+    for token in tokens:
+        name, soft, hard = token.split(":")
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (int(soft), int(hard)))
 
 
 def _describe(exc):
@@ -151,8 +141,7 @@ def _main():
     setup, rest = _read_setup()
     out_fd, in_fd, uid, gid = (int(a) for a in setup[:4])
     workdir = setup[4]
-    work_bytes, work_inodes, cpu_s, memory, file_size, nproc, nofile, pending = (
-        int(a) for a in setup[5:13])
+    work_bytes, work_inodes = int(setup[5]), int(setup[6])
     if work_bytes:
         _mount_work(workdir, work_bytes, work_inodes, max(uid, 0), gid)
     os.chdir(workdir)
@@ -175,13 +164,10 @@ def _main():
     os.dup2(null, 0)
     os.close(null)
     header, _, source = data.partition(b"\n")
-    mode, nonce, limited, job_cpu = (header.decode("ascii", "replace").split(" ")
-                                     + ["", "", ""])[:4]
+    mode, nonce, limited, *limits = header.decode("ascii", "replace").split(" ")
     nonce = nonce.encode("ascii")
-    if limited != "1":  # the harness did not prlimit() this process: do it here, with
-        # this job's CPU seconds (a job may have more than the sandbox was started with)
-        _set_limits(int(job_cpu) if job_cpu.isdigit() else cpu_s, memory, file_size,
-                    nproc, nofile, pending)
+    if limited != "1":  # the harness did not prlimit() this process: its job's limits
+        _set_limits(limits)
 
     namespace = {"__name__": "__sample__", "__builtins__": __builtins__}
     streams = (sys.stdout, sys.stderr)

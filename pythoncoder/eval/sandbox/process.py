@@ -48,10 +48,22 @@ from pythoncoder.eval.sandbox.judge import _Judge, _judge_verdict
 _READ_CHUNK = 1 << 16
 
 
-def _limits(config: SandboxConfig) -> list[str]:
-    return [str(config.cpu_seconds), str(config.memory_bytes), str(config.file_size_bytes),
-            str(config.max_processes), str(config.max_open_files),
-            str(config.max_pending_signals)]
+def rlimits(config: SandboxConfig) -> list[tuple[str, int, int]]:
+    """A sample's rlimits, ``(name, soft, hard)`` with ``resource.RLIMIT_<name>``: set by
+    the harness (:func:`_prlimit`) or, where it cannot, by the child from the same list.
+    Beyond CPU, memory, file size, processes and files: queued signals and POSIX timers
+    (SIGPENDING), POSIX message-queue bytes, locked memory, real-time priority."""
+    cpu = config.cpu_seconds
+    out = [("CPU", cpu, cpu + 1), ("CORE", 0, 0),  # soft: SIGXCPU, hard: SIGKILL
+           ("AS", config.memory_bytes, config.memory_bytes),
+           ("FSIZE", config.file_size_bytes, config.file_size_bytes),
+           ("NPROC", config.max_processes, config.max_processes),
+           ("NOFILE", config.max_open_files, config.max_open_files)]
+    if config.max_pending_signals >= 0:
+        pending = config.max_pending_signals
+        out += [("SIGPENDING", pending, pending), ("MSGQUEUE", 0, 0), ("MEMLOCK", 0, 0),
+                ("RTPRIO", 0, 0)]
+    return out
 
 
 class _Candidate:
@@ -81,8 +93,7 @@ class _Candidate:
         uid = SANDBOX_UID if root else -1
         setup = " ".join(map(str, (
             c2j_w, j2c_r, uid, SANDBOX_GID, workdir,
-            config.work_bytes if mount_work else 0, config.work_inodes,
-            *_limits(config)))) + "\n"
+            config.work_bytes if mount_work else 0, config.work_inodes))) + "\n"
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -236,7 +247,8 @@ class _Slot:
                 os.close(cand.in_w)
                 cand.in_w = None
             limited = int(_prlimit(cand, config))
-            payload = f"{mode} {nonce} {limited} {config.cpu_seconds}\n{source}".encode(
+            limits = " ".join(f"{n}:{soft}:{hard}" for n, soft, hard in rlimits(config))
+            payload = f"{mode} {nonce} {limited} {limits}\n{source}".encode(
                 "utf-8", "surrogatepass")
             outcome = _supervise(cand, payload, control, config, start)
         except BaseException:
@@ -267,16 +279,6 @@ class _Slot:
             pid=cand.proc.pid, verdict=JUDGE if judge_spec is not None else IN_SANDBOX)
 
 
-def _kernel_limits(pending: int) -> list[tuple[int, tuple[int, int]]]:
-    """What no other limit counts: queued signals and POSIX timers (RLIMIT_SIGPENDING),
-    POSIX message queue bytes, locked memory, real-time priority (all 0)."""
-    if pending < 0:
-        return []
-    return [(resource.RLIMIT_SIGPENDING, (pending, pending)),
-            (resource.RLIMIT_MSGQUEUE, (0, 0)), (resource.RLIMIT_MEMLOCK, (0, 0)),
-            (resource.RLIMIT_RTPRIO, (0, 0))]
-
-
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -303,17 +305,9 @@ def _prlimit(cand: _Candidate, config: SandboxConfig) -> bool:
     if argv[0] != os.fsencode(cand.argv0) or len(argv) < 5 \
             or not argv[4].rstrip(b"c").endswith(b"_sandbox_child.py") or _children(pid):
         return False
-    cpu = config.cpu_seconds
     try:
-        for limit, value in (
-            (resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_CORE, (0, 0)),
-            (resource.RLIMIT_AS, (config.memory_bytes,) * 2),
-            (resource.RLIMIT_FSIZE, (config.file_size_bytes,) * 2),
-            (resource.RLIMIT_NPROC, (config.max_processes,) * 2),
-            (resource.RLIMIT_NOFILE, (config.max_open_files,) * 2),
-            *_kernel_limits(config.max_pending_signals),
-        ):
-            resource.prlimit(pid, limit, value)
+        for name, soft, hard in rlimits(config):
+            resource.prlimit(pid, getattr(resource, f"RLIMIT_{name}"), (soft, hard))
     except OSError:
         return False
     return True
