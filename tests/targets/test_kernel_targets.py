@@ -154,6 +154,7 @@ def _decode_candidates(rows=16):
     return [dataclasses.replace(c, block_q=rows) for c in DECODE_CANDIDATES]
 
 
+@pytest.mark.slow  # ~33 s of compiles; the 1b head shape's test above runs by default
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0), (10, 0)], ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
 def test_shared_memory_estimate_is_never_below_the_compiler_at_other_head_shapes(cc):
     """The estimate holds beyond the 1b shapes (head dim 64, value dim 128: a smaller

@@ -388,6 +388,7 @@ print(json.dumps({"policy": got["policy"], "budget": got["budget_bytes"], "none"
 '''
 
 
+@pytest.mark.slow  # two JAX processes compiling the step (~29 s)
 def test_processes_agree_on_the_policy(tmp_path):
     """Every process must compile the same program: with two processes whose devices
     report different memory, both take the smallest budget and so the same policy."""
