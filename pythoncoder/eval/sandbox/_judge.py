@@ -54,6 +54,7 @@ else:
 encode, decode, frame = _WIRE["encode"], _WIRE["decode"], _WIRE["frame"]
 read_frame, write_all, WireError = _WIRE["read_frame"], _WIRE["write_all"], _WIRE["WireError"]
 WireLimitError = _WIRE["WireLimitError"]
+_clean = _WIRE["printable"]  # the harness's sanitize, the same function
 
 import builtins  # noqa: E402
 
@@ -75,11 +76,6 @@ class Unsupported(BaseException):
 
 class CandidateGone(BaseException):
     """The candidate died, answered garbage, or the test's calls left the trace."""
-
-
-def _clean(text, limit=200):
-    text = "".join(c if " " <= c <= "~" else "?" for c in str(text))
-    return text[:limit]
 
 
 class Channel:

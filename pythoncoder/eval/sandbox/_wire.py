@@ -231,3 +231,9 @@ def write_all(write, fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[write(fd, view):]
+
+
+def printable(text, cap=200) -> str:
+    """``text`` as printable ASCII only (anything else ``?``), one line, at most ``cap``
+    characters: every reason that reaches a result, from the judge or the harness."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(text))[:cap]

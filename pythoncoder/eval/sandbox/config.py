@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pythoncoder.eval.sandbox import _wire
+
 _HERE = Path(__file__).resolve().parent
 CHILD_SCRIPT = str(_HERE / "_sandbox_child.py")
 JUDGE_SCRIPT = str(_HERE / "_judge.py")
@@ -111,5 +113,6 @@ class Job:
 
 
 def sanitize(text: str, cap: int = REASON_CAP) -> str:
-    """Printable ASCII only, one line, at most ``cap`` characters."""
-    return "".join(c if " " <= c <= "~" else "?" for c in str(text))[:cap]
+    """Printable ASCII only, one line, at most ``cap`` characters (``_wire.printable``,
+    which the judge uses too)."""
+    return _wire.printable(text, cap)
