@@ -1,7 +1,8 @@
 """Memory cgroups: every sandboxed process tree (a candidate, a judge) in a memory cgroup
 of its own, kernel memory included, so that memory no rlimit counts (the directory-entry
-cache that ``stat()`` of many non-existent names grows, pipe and socket buffers, pending
-signals, tmpfs pages) is charged to the sample, capped, and freed when it ends.
+cache that ``stat()`` of many non-existent names grows, pipe buffers, pending signals,
+tmpfs pages; measured: dentries and pipe buffers) is charged to the sample, capped, and
+freed when it ends.
 
 Modes (:func:`mode`):
 
@@ -299,7 +300,9 @@ def _remove(kind: str, path: str, patience_s: float = 10.0) -> None:
             except OSError as e:
                 if e.errno != errno.EBUSY or time.monotonic() > deadline:
                     raise
-                continue  # a process joined or is still exiting
+                time.sleep(pause)  # a process is still exiting: not a busy loop
+                pause = min(pause * 2, 0.01)
+                continue
             with _LOCK:
                 _LIVE.discard(path)
             return
