@@ -30,6 +30,7 @@ from pythoncoder.eval.sandbox import (
     isolate,
     isolation,
     judge,
+    notify,
     process,
     run_program,
 )
@@ -199,6 +200,113 @@ def test_calls_off_the_allow_list_and_host_counters_are_refused():
     assert weak["pidfd_open"][0] >= 0 and weak["sysinfo"] == (0, 0), weak  # the control
 
 
+# Each kind of refusal once (numbers of this machine, arguments the filter looks at), in
+# the order made; each answers the errno the plain filter gives, then the sample fails.
+REFUSALS = {"ptrace": "0, 0, 0, 0", "socket:inet": "2, 1, 0", "pidfd_open": "os.getpid(), 0",
+            "fcntl:pipe": "r, 1031, 1 << 20", "madvise:willneed": "addr, 4096, 3",
+            "clone:newuser": "0x10000000 | 17, 0, 0, 0, 0"}
+REFUSAL_SETUP = """import mmap, os
+r, w = os.pipe()
+page = mmap.mmap(-1, 4096)
+addr = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(page)))"""
+NAMED = ("ptrace", "socket(AF_INET)", "pidfd_open", "fcntl(F_SETPIPE_SZ)",
+         "madvise(advice 3)", "clone(CLONE_NEW*)")
+ERRNOS = {"ptrace": 1, "socket:inet": 97, "pidfd_open": 38, "fcntl:pipe": 1,
+          "madvise:willneed": 1, "clone:newuser": 1}
+
+
+def _refusals(config: SandboxConfig):
+    source = _syscall_probe(REFUSALS, REFUSAL_SETUP) + "raise SystemExit(3)\n"
+    result = run_program(source, config)
+    errnos = {line.split()[0]: int(line.split()[2]) for line in result.stdout.splitlines()}
+    return result, errnos
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_the_verdict_names_each_refused_call(monkeypatch):
+    if not notify.supported():
+        pytest.skip("seccomp notifications need Linux 5.0")
+    result, errnos = _refusals(SECURE)
+    assert errnos == ERRNOS, result.stdout  # the listener answers what the filter would
+    assert result.refused == NAMED, result.refused
+    assert result.result == "failed: SystemExit: 3; the sandbox refused " + ", ".join(NAMED)
+    # In judge mode too: the candidate's own text never reaches the verdict, the names do.
+    spec = dict(SPEC, test="assert f(1) == 2\n")
+    probe = "def f(x):\n    import socket\n    try:\n        socket.socket(socket.AF_INET6)" \
+            "\n    except OSError:\n        return 0\n"
+    judged = run_program(Job(probe, spec), SECURE)
+    assert judged.verdict == JUDGE and judged.refused == ("socket(AF_INET6)",)
+    assert judged.result.endswith("; the sandbox refused socket(AF_INET6)"), judged.result
+    # A passing sample's reason stays empty; the names are still on the result.
+    quiet = run_program("import os\ntry:\n    os.sched_setaffinity(0, set())\n"
+                        "except OSError:\n    pass\nos.sync()\n", SECURE)
+    assert quiet.passed and quiet.reason == "" and quiet.refused == ("sync",), quiet
+    # Control: the previous sandbox (the kernel answers, no listener): the same errnos,
+    # and the verdict cannot say which call was refused.
+    monkeypatch.setattr(notify, "supported", lambda: False)
+    unnamed, errnos = _refusals(SECURE)
+    assert errnos == ERRNOS and unnamed.refused == ()
+    assert unnamed.result == "failed: SystemExit: 3", unnamed.result
+
+
+# A sample that stacks a filter of its own whose listener answers CONTINUE: the call then
+# runs although the sandbox's filters refuse it. The sandbox's listener must be gone first
+# (the kernel allows one listener per chain): past MAX_NOTICES the harness closes it.
+STACKED = """
+import ctypes, fcntl, platform, socket, struct, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SECCOMP, SOCKET = {"x86_64": (317, 41), "aarch64": (277, 198)}[platform.machine()]
+for _ in range(%d):
+    try:
+        socket.socket(socket.AF_INET)
+    except OSError:
+        pass
+def ins(code, k, jt=0, jf=0):
+    return struct.pack("=HBBI", code, jt, jf, k)
+prog = ins(0x20, 0) + ins(0x15, SOCKET, 0, 1) + ins(0x06, 0x7FC00000) + ins(0x06, 0x7FFF0000)
+code = ctypes.create_string_buffer(prog, len(prog))
+fprog = ctypes.create_string_buffer(struct.pack("=H6xQ", len(prog) // 8,
+                                                ctypes.addressof(code)), 16)
+ctypes.set_errno(0)
+listener = libc.syscall(ctypes.c_long(SECCOMP), ctypes.c_long(1), ctypes.c_long(8),
+                        ctypes.c_long(ctypes.addressof(fprog)))
+print("listener", listener, ctypes.get_errno(), flush=True)
+if listener >= 0:
+    def serve():
+        notice = bytearray(80)
+        fcntl.ioctl(listener, 0xC0502100, notice, True)
+        fcntl.ioctl(listener, 0xC0182101,
+                    struct.pack("=QqiI", struct.unpack_from("=Q", notice)[0], 0, 0, 1))
+    helper = threading.Thread(target=serve)
+    helper.start()
+    try:
+        print("inet", socket.socket(socket.AF_INET).fileno() >= 0, flush=True)
+    except OSError as e:
+        print("inet", e.errno, flush=True)
+    helper.join()
+"""
+
+
+@pytest.mark.req("EVAL-04")
+@needs_filter
+def test_a_sample_cannot_stack_a_listener_of_its_own(monkeypatch):
+    if not notify.supported():
+        pytest.skip("seccomp notifications need Linux 5.0")
+    threads = SandboxConfig(timeout_s=20.0, max_processes=64)  # a thread to answer with
+    source = STACKED % (notify.MAX_NOTICES + 1)
+    sealed = run_program(source, threads)
+    assert sealed.stdout.split() == ["listener", "-1", "1"], sealed.stdout  # EPERM
+    # Control: the child's copy of the filter not sealed -> the sample's listener lets
+    # socket(AF_INET) through both of the sandbox's filters.
+    plain = process._seccomp_program
+    monkeypatch.setattr(process, "_seccomp_program",
+                        lambda notify=False, sealed=False: plain(notify, False))
+    open_ = run_program(source, threads)
+    assert open_.stdout.split()[-2:] == ["inet", "True"], (open_.stdout, open_.result)
+
+
 FLOOD = """
 import os
 n = 0
@@ -342,7 +450,8 @@ def test_no_host_path_on_any_command_line(monkeypatch):
 
     # Control: bwrap's options on its own command line (the old launcher): /proc/1/cmdline
     # shows the Python installation and the scripts' host directory.
-    def on_argv(options, command, seccomp, pass_fds=(), *, python=None, prefix=(), **kwargs):
+    def on_argv(options, command, seccomp, pass_fds=(), *, python=None, prefix=(), notify=False,
+                **kwargs):
         scripts = [arg for name, path in isolate._script_files(python or sys.executable).items()
                    for arg in ("--ro-bind", path, f"/sbx/{name}")]
         return subprocess.Popen([shutil.which("bwrap"), *options, *scripts, *command],

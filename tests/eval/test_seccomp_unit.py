@@ -111,3 +111,91 @@ def test_numbers_match_the_kernel_headers(machine):
     assert len(checked) > 0.8 * len(numbers)  # calls newer than the headers are not
     wrong = {n: (numbers[n], defined[n]) for n in checked if numbers[n] != defined[n]}
     assert not wrong, wrong
+
+
+NOTIFY = 0x7FC00000  # SECCOMP_RET_USER_NOTIF
+
+
+def _cases(numbers):
+    """Every number 0..599 with plain arguments, and the argument checks' cases."""
+    for nr in range(600):
+        yield nr, (0,) * 6
+    for family in (1, 2, 10, 16, 40):
+        yield numbers["socket"], (family, 1, 0, 0, 0, 0)
+    for cmd in (1, 1026, 1031, 1032):
+        yield numbers["fcntl"], (3, cmd, 0, 0, 0, 0)
+    for advice in (3, 4, 21):
+        yield numbers["madvise"], (0, 4096, advice, 0, 0, 0)
+    for flags in (0x11, 0x10000011):
+        yield numbers["clone"], (flags, 0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("machine", ARCHES)
+def test_the_notifying_filter_refuses_what_the_plain_one_refuses(machine):
+    audit, numbers, _ = _seccomp._ARCHES[machine]
+    plain = _seccomp.program(machine)
+    outer = _seccomp.program(machine, notify=True)
+    sealed = _seccomp.program(machine, notify=True, sealed=True)
+    seccomp = numbers["seccomp"]
+    for nr, args in _cases(numbers):
+        want = run(plain, nr, audit, args)
+        got, inner = run(outer, nr, audit, args), run(sealed, nr, audit, args)
+        if nr == seccomp:  # loadable under bwrap's filter, never under the sealed one
+            assert (want, got, inner) == (ENOSYS, ALLOW, EPERM)
+        elif want == ALLOW or nr == numbers["clone3"]:  # clone3: the C library's probe
+            assert got == inner == want, (nr, args)
+        else:  # every other refusal goes to the listener, which answers ``want``
+            assert want & 0xFFFF0000 == ERRNO and got == inner == NOTIFY, (nr, args)
+            data = struct.pack("<iIQ6Q", nr, audit, 0, *args)
+            assert _seccomp.errno_for(data, machine) == want & 0xFFFF, (nr, args)
+    # another architecture's or ABI's call: the kernel answers, no notification
+    assert run(outer, numbers["read"], audit ^ 1) == EPERM
+    if machine == "x86_64":
+        assert run(outer, 0x40000000, audit) == EPERM
+
+
+@given(st.sampled_from(ARCHES), st.integers(0, 700),
+       st.lists(st.integers(0, 2**64 - 1), min_size=6, max_size=6))
+def test_the_module_interpreter_agrees_with_this_one(machine, nr, args):
+    audit = _seccomp._ARCHES[machine][0]
+    data = struct.pack("<iIQ6Q", nr, audit, 0, *args)
+    for prog in (_seccomp.program(machine), _seccomp.program(machine, notify=True)):
+        assert _seccomp.run_filter(prog, data) == run(prog, nr, audit, args)
+
+
+def test_refused_calls_are_named():
+    audit, numbers, _ = _seccomp._ARCHES["x86_64"]
+
+    def name(call, *args):
+        nr = numbers[call] if isinstance(call, str) else call
+        args = (*args, *(0,) * (6 - len(args)))
+        return _seccomp.refusal(struct.pack("<iIQ6Q", nr, audit, 0, *args), "x86_64")
+
+    assert name("ptrace") == "ptrace" and name("setxattr") == "setxattr"
+    assert name("socket", 2) == "socket(AF_INET)" and name("socketpair", 40) \
+        == "socketpair(AF_VSOCK)" and name("socket", 77) == "socket(family 77)"
+    assert name("fcntl", 3, 1031) == "fcntl(F_SETPIPE_SZ)" and name("fcntl", 3, 1026) \
+        == "fcntl(F_NOTIFY)"
+    assert name("madvise", 0, 4096, 21) == "madvise(advice 21)"
+    assert name("clone", 0x10000011) == "clone(CLONE_NEW*)"
+    assert name(599) == "system call 599"
+
+
+def test_every_number_names_one_call():
+    for machine in ARCHES:
+        numbers = _seccomp._ARCHES[machine][1]
+        assert len(set(numbers.values())) == len(numbers), machine
+        assert _seccomp.number("seccomp", machine) == numbers["seccomp"]
+
+
+def test_the_summary_names_a_few_and_counts_the_rest():
+    from pythoncoder.eval.sandbox import notify
+
+    listener = notify.Listener(-1)
+    assert listener.summary() == ""
+    listener.refused = ["ptrace", "socket(AF_INET)"]
+    assert listener.summary() == "the sandbox refused ptrace, socket(AF_INET)"
+    listener.refused = [f"c{i}" for i in range(notify.MAX_NAMED + 2)]
+    listener.count = notify.MAX_NOTICES
+    assert listener.summary() == ("the sandbox refused c0, c1, c2, c3, c4, c5 and 2 other "
+                                  f"calls ({notify.MAX_NOTICES}+ refusals; the rest unnamed)")

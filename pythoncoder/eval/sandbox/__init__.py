@@ -22,7 +22,9 @@ Isolation (EVAL-04). Each sample gets a fresh bubblewrap (``bwrap``) sandbox:
 * a seccomp filter (``_seccomp.py``, loaded by ``bwrap --seccomp FD``) denies the kernel
   keyring, new namespaces (so no user namespace in any mode, root harness included),
   memory outside ``RLIMIT_AS`` (SysV/POSIX shared memory, ``memfd``), ``mincore`` and
-  the kernel's other attack surface (its docstring lists every call and why);
+  the kernel's other attack surface (its docstring lists every call and why); the
+  verdict names each refused call: the child reloads the filter, sealed, with a seccomp
+  listener that the harness serves (``notify.py``);
 * ``--die-with-parent``, ``--new-session``; the sandbox's PID 1 takes every process of
   the sample with it when the harness kills the sandbox, so no daemon survives;
 * a memory cgroup per sandbox, kernel memory included (``cgroup.py``: v2 ``memory.max``
@@ -71,6 +73,8 @@ Files (each module imports only from those above it):
   before bwrap starts, emptied and removed after it);
 * ``isolate.py``: bwrap / unshare / none, the file-system view and the script copy, the
   seccomp program, the probes, :func:`isolation` and the missing-mechanism warnings;
+* ``notify.py``: the harness's end of the candidate's seccomp listener (each refused call
+  named and answered);
 * ``judge.py``: the harness side of the judge (its process and its verdict);
 * ``process.py``: the candidate sandboxes, the worker slots, ``prlimit``, the supervision
   of one sample and the in-sandbox verdict;

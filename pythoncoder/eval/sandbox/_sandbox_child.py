@@ -5,12 +5,15 @@ script in a fresh interpreter; never imported by the package. Trusted code, run 
 any candidate code:
 
 0. reads its set-up from the first line of stdin (``OUT IN UID GID WORK WORK_BYTES
-   WORK_INODES`` and the limits; never argv, so no host path is on a command line); with
-   ``WORK_BYTES`` (root harness, bwrap) mounts ``WORK`` as a tmpfs capped in bytes and
-   inodes while it still has its capabilities;
+   WORK_INODES NOTIFY SECCOMP_NR PROGRAM``; never argv, so no host path is on a command
+   line); with ``WORK_BYTES`` (root harness, bwrap) mounts ``WORK`` as a tmpfs capped in
+   bytes and inodes while it still has its capabilities;
 1. drops to ``UID``/``GID`` if it is root (bubblewrap run by root keeps root until here;
    ``setuid`` then clears every capability; ``no_new_privs`` is already set by bwrap)
-   and enters the per-sample work directory;
+   and enters the per-sample work directory; with ``NOTIFY`` (a socket, not ``-1``) loads
+   the sealed seccomp ``PROGRAM`` (hex) with a listener and sends the listener to the
+   harness, which then names each refused call (``_seccomp.py``); if that fails no
+   candidate code runs;
 2. reads ``MODE NONCE LIMITED\\n`` + the program source from stdin until EOF and points
    fd 0 at ``/dev/null``; unless ``LIMITED`` is ``1`` (the harness already lowered this
    process's rlimits with ``prlimit``), lowers the rlimits itself (CPU, address space,
@@ -124,6 +127,46 @@ def _mount_work(workdir, size, inodes, uid, gid):
         raise OSError(_ctypes.get_errno(), f"cannot mount the {workdir} tmpfs")
 
 
+def _seal(sock_fd, nr, program):
+    """Load the sandbox's filter again, sealed, with a listener, and send the listener to
+    the harness over ``sock_fd`` (``_seccomp.py``: then the harness names every refused
+    call). Raises if any step fails: no candidate code may run under the outer filter
+    alone (its refusals would be left to whoever stacks a listener first)."""
+    import _ctypes
+    import _socket
+
+    class _Long(_ctypes._SimpleCData):
+        _type_ = "l"
+
+    class _Fn(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = _Long
+
+    class _Char(_ctypes._SimpleCData):
+        _type_ = "c"
+
+    def buffer(data):
+        return type("_Buf", (_ctypes.Array,), {"_type_": _Char, "_length_": len(data)}) \
+            .from_buffer_copy(data)
+
+    syscall = _Fn(_ctypes.dlsym(_ctypes.dlopen(None, 0), "syscall"))
+    code = buffer(program)
+    order = sys.byteorder
+    fprog = buffer((len(program) // 8).to_bytes(2, order) + bytes(6)
+                   + _ctypes.addressof(code).to_bytes(8, order))
+    # seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &fprog)
+    listener = syscall(_Long(nr), _Long(1), _Long(8), _Long(_ctypes.addressof(fprog)))
+    if listener < 0:
+        raise OSError(_ctypes.get_errno(), "cannot load the sealed seccomp filter")
+    sock = _socket.socket(fileno=sock_fd)
+    try:
+        sock.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                               listener.to_bytes(4, order))])
+    finally:
+        os.close(listener)
+        sock.close()
+
+
 def _read_setup():
     """The first line of stdin (the harness's set-up) and whatever followed it."""
     data = b""
@@ -142,6 +185,7 @@ def _main():
     out_fd, in_fd, uid, gid = (int(a) for a in setup[:4])
     workdir = setup[4]
     work_bytes, work_inodes = int(setup[5]), int(setup[6])
+    notify_fd, seccomp_nr, program = int(setup[7]), int(setup[8]), setup[9]
     if work_bytes:
         _mount_work(workdir, work_bytes, work_inodes, max(uid, 0), gid)
     os.chdir(workdir)
@@ -154,6 +198,12 @@ def _main():
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)  # all of real, effective and saved: capabilities are cleared
+    seal_error = None
+    if notify_fd >= 0:
+        try:
+            _seal(notify_fd, seccomp_nr, bytes.fromhex(program))
+        except BaseException as exc:  # reported as the sample's failure, below
+            seal_error = exc
 
     chunks = [rest]
     while chunk := os.read(0, 1 << 16):
@@ -172,6 +222,8 @@ def _main():
     namespace = {"__name__": "__sample__", "__builtins__": __builtins__}
     streams = (sys.stdout, sys.stderr)
     try:
+        if seal_error is not None:
+            raise RuntimeError(f"sandbox set-up: {_describe(seal_error)}")
         exec(compile(source, "<sample>", "exec"), namespace)
         verdict = b"PASS " + nonce if mode == "run" else b"ready"
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are failures too

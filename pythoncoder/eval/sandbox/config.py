@@ -67,6 +67,9 @@ class SandboxResult:
     """How one program ended: ``status`` is ``passed``, ``failed`` or ``timed out``.
 
     ``verdict`` says who decided: ``judge`` (outside the candidate) or ``in-sandbox``.
+    ``refused`` names the calls the sandbox's filter refused, in the order first made
+    (``socket(AF_INET)``, ``ptrace``...; empty where the host cannot tell, see
+    ``notify.py``); a result that did not pass says them in its ``reason`` too.
     """
 
     status: str
@@ -79,6 +82,7 @@ class SandboxResult:
     duration_s: float
     pid: int  # the sandbox's process (group) id on the host; gone once the result exists
     verdict: str = IN_SANDBOX
+    refused: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:

@@ -158,10 +158,12 @@ HIDDEN_PROC_DIRS = ("/proc/sys", "/proc/pressure")
 
 
 @functools.cache
-def _seccomp_program() -> bytes | None:
+def _seccomp_program(notify: bool = False, sealed: bool = False) -> bytes | None:
+    """The filter bwrap loads (``notify``: the candidate's, whose refusals reach the
+    harness's listener once the child loads the ``sealed`` copy; else the judge's)."""
     from pythoncoder.eval.sandbox import _seccomp
 
-    return _seccomp.program()
+    return _seccomp.program(notify=notify, sealed=sealed)
 
 
 def _pipe_with(data: bytes) -> int:
@@ -181,7 +183,8 @@ def _pipe_with(data: bytes) -> int:
 
 def _bwrap_popen(options: Sequence[str], command: Sequence[str], seccomp: bool,
                  pass_fds: Sequence[int] = (), *, python: str | None = None,
-                 prefix: Sequence[str] = (), **kwargs: Any) -> subprocess.Popen:
+                 prefix: Sequence[str] = (), notify: bool = False,
+                 **kwargs: Any) -> subprocess.Popen:
     """Start ``command`` in bwrap: options through ``--args FD`` and the seccomp filter
     through ``--seccomp FD``, so bwrap's command line (what ``/proc/1/cmdline`` shows
     inside) is ``bwrap --args N [--seccomp M] /sbx/python ...``, no host path; the
@@ -202,7 +205,7 @@ def _bwrap_popen(options: Sequence[str], command: Sequence[str], seccomp: bool,
             path = (kwargs.get("env") or os.environ).get("PATH", "")
             if shutil.which("bwrap", path=path) != bwrap:
                 argv[0] = bwrap
-        program = _seccomp_program() if seccomp else None
+        program = _seccomp_program(notify) if seccomp else None
         if program is not None:
             fds.append(_pipe_with(program))
             argv += ["--seccomp", str(fds[-1])]

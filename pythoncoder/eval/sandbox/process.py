@@ -20,13 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pythoncoder.eval.sandbox import cgroup
+from pythoncoder.eval.sandbox import _seccomp, cgroup, notify
 from pythoncoder.eval.sandbox.config import (
     _WORK,
     FAILED,
     IN_SANDBOX,
     JUDGE,
     PASSED,
+    REASON_CAP,
     SANDBOX_GID,
     SANDBOX_UID,
     TIMED_OUT,
@@ -40,6 +41,7 @@ from pythoncoder.eval.sandbox.isolate import (
     _bwrap_popen,
     _sbx_python,
     _script,
+    _seccomp_program,
     _unshare_prefix,
     isolation,
 )
@@ -89,11 +91,18 @@ class _Candidate:
             os.chmod(workdir, 0o777)
         self.argv0 = _sbx_python(config.python, kind)
         cmd = [self.argv0, "-I", "-S", "-B", _script(config.python, kind, "_sandbox_child.py")]
+        # Refused calls named: the child hands the harness a seccomp listener (notify.py).
+        self.notify, self.listener = None, None
+        theirs, handover = None, (-1, 0, "-")
+        if kind == "bwrap" and config.seccomp and notify.supported():
+            self.notify, theirs = notify.pair()
+            sealed = _seccomp_program(notify=True, sealed=True)
+            handover = (theirs.fileno(), _seccomp.number("seccomp"), sealed.hex())
         # The child's set-up comes on stdin, not argv: no host path on any command line.
         uid = SANDBOX_UID if root else -1
         setup = " ".join(map(str, (
             c2j_w, j2c_r, uid, SANDBOX_GID, workdir,
-            config.work_bytes if mount_work else 0, config.work_inodes))) + "\n"
+            config.work_bytes if mount_work else 0, config.work_inodes, *handover))) + "\n"
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -103,8 +112,10 @@ class _Candidate:
             self.cgroup = cgroup.create(config)  # born in it: joined before bwrap starts
             join = self.cgroup.prefix() if self.cgroup is not None else []
             if kind == "bwrap":
-                self.proc = _bwrap_popen(options, cmd, config.seccomp, (c2j_w, j2c_r),
-                                         python=config.python, prefix=join, **popen)
+                passed = (c2j_w, j2c_r) if theirs is None else (c2j_w, j2c_r, theirs.fileno())
+                self.proc = _bwrap_popen(options, cmd, config.seccomp, passed,
+                                         python=config.python, prefix=join,
+                                         notify=theirs is not None, **popen)
             else:
                 prefix = _unshare_prefix() if kind == "unshare" else []
                 self.proc = subprocess.Popen([*join, *prefix, *cmd], pass_fds=(c2j_w, j2c_r),
@@ -112,6 +123,8 @@ class _Candidate:
         except BaseException:
             for fd in (c2j_r, j2c_w):
                 os.close(fd)
+            if self.notify is not None:
+                self.notify.close()
             self._remove_workdir()
             if self.cgroup is not None:
                 self.cgroup.remove()
@@ -119,6 +132,8 @@ class _Candidate:
         finally:
             os.close(c2j_w)
             os.close(j2c_r)
+            if theirs is not None:
+                theirs.close()
         try:
             self.proc.stdin.write(setup.encode())  # a fresh pipe: never blocks
             self.proc.stdin.flush()
@@ -138,6 +153,9 @@ class _Candidate:
                 except OSError:
                     pass
         self.out_r = self.in_w = None
+        for end in (self.notify, self.listener):
+            if end is not None:
+                end.close()
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None and not stream.closed:
                 try:
@@ -272,11 +290,18 @@ class _Slot:
             if self.kind != "bwrap" and status == FAILED and report:
                 # Outside bwrap the sample can read host files: keep only the type name.
                 reason = reason.split(":", 1)[0]
+        refused = tuple(cand.listener.refused) if cand.listener is not None else ()
+        reason = sanitize(reason)
+        if refused and status != PASSED:  # named after the reason, which gives way to it
+            said = sanitize(cand.listener.summary())
+            reason = f"{sanitize(reason, max(REASON_CAP - len(said) - 2, 40))}; {said}" \
+                if reason else said
         return SandboxResult(
             status=status, reason=sanitize(reason), returncode=returncode,
             stdout=out.text(), stderr=err.text(), stdout_truncated=out.dropped > 0,
             stderr_truncated=err.dropped > 0, duration_s=time.monotonic() - start,
-            pid=cand.proc.pid, verdict=JUDGE if judge_spec is not None else IN_SANDBOX)
+            pid=cand.proc.pid, verdict=JUDGE if judge_spec is not None else IN_SANDBOX,
+            refused=refused)
 
 
 def _children(pid: int) -> list[int]:
@@ -331,15 +356,35 @@ def _supervise(cand: _Candidate, payload: bytes, control: socket.socket | None,
         sel.register(fd, selectors.EVENT_READ)
     if control is not None:
         sel.register(control.fileno(), selectors.EVENT_READ)
+    if cand.notify is not None:  # the child's listener arrives here (notify.py)
+        sel.register(cand.notify.fileno(), selectors.EVENT_READ)
+    listening = {cand.notify.fileno()} if cand.notify is not None else set()
+
+    def refusal(fd: int) -> None:
+        """The listener's handover, or one refused call to name and answer."""
+        if cand.listener is None or fd != cand.listener.fileno():
+            sel.unregister(fd)
+            listening.discard(fd)
+            cand.listener = notify.receive(cand.notify)
+            if cand.listener is not None:
+                sel.register(cand.listener.fileno(), selectors.EVENT_READ)
+                listening.add(cand.listener.fileno())
+        elif not cand.listener.serve():  # nobody left under the filter, or a flood
+            sel.unregister(fd)
+            listening.discard(fd)
+
     timed_out, sent, judge_reply, allowed = False, 0, None, config.timeout_s
     try:
-        while sel.get_map():
+        while len(sel.get_map()) > len(listening):  # a pipe or the judge still open
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
                 break
             for key, _ in sel.select(remaining):
                 fd = key.fd
+                if fd in listening:
+                    refusal(fd)
+                    continue
                 if fd == stdin_fd:
                     try:
                         sent += os.write(fd, payload[sent:sent + _READ_CHUNK])
@@ -370,7 +415,8 @@ def _supervise(cand: _Candidate, payload: bytes, control: socket.socket | None,
                 if time.monotonic() >= deadline:
                     timed_out = True
                     break
-                time.sleep(pause)
+                for key, _ in sel.select(pause):  # still answering refused calls
+                    refusal(key.fd)
                 pause = min(pause * 2, 0.01)
     finally:
         sel.close()
