@@ -323,7 +323,7 @@ CLONE_NEW_ANY = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 \
     | 0x20000000 | 0x40000000 | 0x00000080
 
 _LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
-_ALLOW, _ERRNO, _NOTIFY = 0x7FFF0000, 0x00050000, 0x7FC00000  # SECCOMP_RET_USER_NOTIF
+_ALLOW, _ERRNO, USER_NOTIF = 0x7FFF0000, 0x00050000, 0x7FC00000  # SECCOMP_RET_*
 _NR, _ARCH, _ARG0_LO, _ARG1_LO, _ARG2_LO = 0, 4, 16, 24, 32  # in struct seccomp_data (LE)
 # Calls first in the chain: the interpreter's most frequent (a shorter walk per call).
 _HOT = ("read", "write", "futex", "newfstatat", "fstat", "lseek", "mmap", "munmap", "brk",
@@ -367,7 +367,7 @@ def program(machine: str | None = None, *, denied: tuple[str, ...] = DENIED,
     eperm, enosys = _ERRNO | errno.EPERM, _ERRNO | errno.ENOSYS
 
     def refuse(code: int) -> int:
-        return _NOTIFY if notify else _ERRNO | code
+        return USER_NOTIF if notify else _ERRNO | code
 
     out = [_ins(_LD_W_ABS, _ARCH), _ins(_JEQ, audit, 1, 0), _ret(eperm),
            _ins(_LD_W_ABS, _NR)]

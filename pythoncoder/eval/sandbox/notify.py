@@ -33,13 +33,21 @@ MAX_NAMED = 6
 
 @functools.cache
 def supported() -> bool:
-    """``SECCOMP_RET_USER_NOTIF`` and ``SECCOMP_FILTER_FLAG_NEW_LISTENER`` (Linux 5.0) on
-    a machine the filter knows; elsewhere refusals are answered by the kernel, unnamed."""
-    try:
-        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    except ValueError:
+    """The kernel has ``SECCOMP_RET_USER_NOTIF`` (Linux 5.0; asked with
+    ``SECCOMP_GET_ACTION_AVAIL``, which loads nothing) on a machine the filter knows;
+    elsewhere the filter answers refusals itself and the verdict cannot name them."""
+    if _seccomp.program() is None:
         return False
-    return (major, minor) >= (5, 0) and _seccomp.program() is not None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    libc.syscall.restype = ctypes.c_long
+    action = ctypes.c_uint32(_seccomp.USER_NOTIF)
+    return libc.syscall(ctypes.c_long(_seccomp.number("seccomp")), ctypes.c_long(2),
+                        ctypes.c_long(0), ctypes.byref(action)) == 0  # GET_ACTION_AVAIL
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
