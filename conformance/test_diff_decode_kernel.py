@@ -66,7 +66,7 @@ SHAPES = st.tuples(st.sampled_from([1, 2]), st.integers(9, 70), st.integers(1, 3
 
 
 @pytest.mark.req("DIFF-06a")
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)  # ~3 s of interpret-mode compiles each
 @given(shape=SHAPES, where=st.floats(0.0, 1.0), block=st.sampled_from([8, 16]),
        lam=st.sampled_from([0.0, 0.05, 0.6, 0.97, 1.0]), seed=st.integers(0, 2**16))
 def test_decode_kernel_equals_the_float64_reference(shape, where, block, lam, seed):

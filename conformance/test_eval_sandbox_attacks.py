@@ -242,6 +242,10 @@ def test_the_verdict_names_each_refused_call(monkeypatch):
     quiet = run_program("import os\ntry:\n    os.sched_setaffinity(0, set())\n"
                         "except OSError:\n    pass\nos.sync()\n", SECURE)
     assert quiet.passed and quiet.reason == "" and quiet.refused == ("sync",), quiet
+    # A sample that closes every pipe first is still answered (not left hanging until
+    # its deadline, which would read as a timeout).
+    closed = run_program("import os\nos.closerange(0, 1024)\nos.sync()\n", SECURE)
+    assert closed.status == "failed" and closed.refused == ("sync",), closed
     # Control: the previous sandbox (the kernel answers, no listener): the same errnos,
     # and the verdict cannot say which call was refused.
     monkeypatch.setattr(notify, "supported", lambda: False)
