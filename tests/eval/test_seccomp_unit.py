@@ -199,3 +199,17 @@ def test_the_summary_names_a_few_and_counts_the_rest():
     listener.count = notify.MAX_NOTICES
     assert listener.summary() == ("the sandbox refused c0, c1, c2, c3, c4, c5 and 2 other "
                                   f"calls ({notify.MAX_NOTICES}+ refusals; the rest unnamed)")
+
+
+def test_a_bwrap_host_without_notifications_is_told_once(monkeypatch):
+    from pythoncoder.eval.sandbox import SandboxConfig, isolate, notify
+
+    monkeypatch.setattr(notify, "supported", lambda: True)
+    named = isolate._missing_mechanisms(SandboxConfig(), "bwrap")
+    monkeypatch.setattr(notify, "supported", lambda: False)
+    unnamed = isolate._missing_mechanisms(SandboxConfig(), "bwrap")
+    if _seccomp.program() is None:
+        pytest.skip("no filter for this machine: the no-filter warning covers it")
+    assert [t for t in unnamed if t not in named] == [
+        "refused system calls are not named in verdicts (the kernel has no seccomp "
+        "notifications, Linux 5.0): they are still refused, with the same errno"]

@@ -71,10 +71,10 @@ Files (each module imports only from those above it):
   names, :func:`sanitize` and the paths of the sandbox-side scripts;
 * ``cgroup.py``: the memory cgroups (mode detection, one group per sandbox, joined
   before bwrap starts, emptied and removed after it);
-* ``isolate.py``: bwrap / unshare / none, the file-system view and the script copy, the
-  seccomp program, the probes, :func:`isolation` and the missing-mechanism warnings;
 * ``notify.py``: the harness's end of the candidate's seccomp listener (each refused call
   named and answered);
+* ``isolate.py``: bwrap / unshare / none, the file-system view and the script copy, the
+  seccomp program, the probes, :func:`isolation` and the missing-mechanism warnings;
 * ``judge.py``: the harness side of the judge (its process and its verdict);
 * ``process.py``: the candidate sandboxes, the worker slots, ``prlimit``, the supervision
   of one sample and the in-sandbox verdict;

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pythoncoder.eval.sandbox import cgroup
+from pythoncoder.eval.sandbox import cgroup, notify
 from pythoncoder.eval.sandbox.config import (
     _SBX,
     _WORK,
@@ -300,6 +300,10 @@ def _missing_mechanisms(config: SandboxConfig, kind: str) -> list[str]:
             "samples may make any system call: the kernel keyring (state that outlives "
             "them), user namespaces when the harness is root, SysV/POSIX shared memory "
             "outside the memory limit, sockets of every family, page-cache probes and sync")
+    elif not notify.supported():
+        missing.append(
+            "refused system calls are not named in verdicts (the kernel has no seccomp "
+            "notifications, Linux 5.0): they are still refused, with the same errno")
     if os.geteuid() != 0:
         missing.append(
             "no inode cap on /work (bubblewrap cannot set nr_inodes; the harness mounts it "
