@@ -63,6 +63,16 @@ def _read_wire():
     raise FileNotFoundError("_wire.py")
 
 
+def _digest_reply(digest, result, back):
+    """``("digest", kind, "list" | "tuple", len, sha256, back)``: an answer too large to
+    cross, as ``_wire.digest``; ``("bad", ...)`` if even that cannot be made."""
+    try:
+        kind, value = digest(result)
+        return ("digest", kind, type(result).__name__, len(result), value, back)
+    except BaseException as exc:
+        return ("bad", _describe(exc))
+
+
 def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
     import marshal
 
@@ -71,6 +81,7 @@ def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
     exec(marshal.loads(data[16:]) if name.endswith("c") else compile(data, name, "exec"), wire)
     encode, decode, frame = wire["encode"], wire["decode"], wire["frame"]
     read_frame, write_all = wire["read_frame"], wire["write_all"]
+    past_caps, digest = wire["past_caps"], wire["digest"]
     read = os.read
 
     def send(value):
@@ -87,15 +98,21 @@ def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
         except BaseException:
             exit_now(0)  # the judge is done (or sent something unexpected)
         fn = namespace.get(name)
+        reply = None
         try:
             if not callable(fn):
                 raise NameError(f"name {name!r} is not defined")
             result = fn(*args, **kwargs)
             back = [a if type(a) in (list, dict, set) else None for a in args]
             reply = ("ok", result, back)
+            if past_caps(result):  # told at C speed: no walk of millions of items first
+                reply = _digest_reply(digest, result, back)
             encode(reply)  # raises on non-plain data, reported below
         except BaseException as exc:
-            if isinstance(exc, wire["WireError"]):
+            if isinstance(exc, wire["WireLimitError"]) and reply is not None \
+                    and reply[0] == "ok" and type(result) in (list, tuple):
+                reply = _digest_reply(digest, result, back)  # past MAX_FRAME, say
+            elif isinstance(exc, wire["WireError"]):
                 reply = ("bad", _describe(exc))
             else:
                 reply = ("raise", type(exc).__name__, _describe(exc))

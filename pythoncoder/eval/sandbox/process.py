@@ -36,12 +36,14 @@ from pythoncoder.eval.sandbox.config import (
     sanitize,
 )
 from pythoncoder.eval.sandbox.isolate import (
+    PYTHON_FLAGS,
     _bwrap_base,
     _bwrap_popen,
     _sbx_python,
     _script,
     _unshare_prefix,
     isolation,
+    sandbox_env,
 )
 from pythoncoder.eval.sandbox.judge import _Judge, _judge_verdict
 
@@ -88,14 +90,13 @@ class _Candidate:
             self.workdir = workdir = tempfile.mkdtemp(prefix="pythoncoder-sbx-")
             os.chmod(workdir, 0o777)
         self.argv0 = _sbx_python(config.python, kind)
-        cmd = [self.argv0, "-I", "-S", "-B", _script(config.python, kind, "_sandbox_child.py")]
+        cmd = [self.argv0, *PYTHON_FLAGS, _script(config.python, kind, "_sandbox_child.py")]
         # The child's set-up comes on stdin, not argv: no host path on any command line.
         uid = SANDBOX_UID if root else -1
         setup = " ".join(map(str, (
             c2j_w, j2c_r, uid, SANDBOX_GID, workdir,
             config.work_bytes if mount_work else 0, config.work_inodes))) + "\n"
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = sandbox_env(HOME=workdir, TMPDIR=workdir)
         popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      cwd="/", env=env, start_new_session=True)
         self.cgroup = None
