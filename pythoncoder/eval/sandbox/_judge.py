@@ -1,4 +1,4 @@
-"""Trusted judge: ``python -I -S -B _judge.py CONTROL_FD UID GID MEMORY``, one per worker.
+"""Trusted judge: ``python -sP -S -B _judge.py CONTROL_FD UID GID MEMORY``, one per worker.
 
 It runs in its own sandbox (same kernel isolation as a candidate, no writable path), never
 executes candidate code and never unpickles anything. For each job the harness sends, on
@@ -26,6 +26,14 @@ whole budget (sent to the harness with ``traced``) ``min(task_cap_s, sum of limi
 The candidate then answers every input in turn, each within its limit, whatever it
 answered before; afterwards each answer is compared with the reference's as EvalPlus does
 (exact, or within ``atol``/``rtol 1e-7`` for floats; a few problems have their own oracle).
+An answer too large to cross (a list or tuple past the wire's caps: Mbpp/255 answers 1.66
+million 77-tuples of strings) comes as its digest (``_wire.digest``) and is compared with
+the expected answer's, worked out once per problem with the answers. Which digest may
+stand for which expected answer, and why a candidate cannot forge one, is
+``_digest_record``'s docstring: keyed ``str`` hashes (the candidate and the judge share
+the harness's PYTHONHASHSEED) for strings and tuples of strings; exact ``marshal`` bytes
+for other lists and tuples of numbers, strings, bytes, bools and None; no digest (the
+answer fails, as before) for anything else, for NaN, or where a tolerance applies.
    ``unsupported`` means the test itself passes something that is not plain data (a
    function, an object) to the candidate: the harness then falls back to the weak,
    in-sandbox verdict and labels the result.  Plain data past the wire's caps (which only

@@ -1,4 +1,5 @@
-"""Candidate side of the sandbox (``python -I -S -B _sandbox_child.py``).
+"""Candidate side of the sandbox (``python -sP -S -B _sandbox_child.py``: ``-I`` less its
+``-E``, so that the harness's PYTHONHASHSEED applies; see ``isolate.PYTHON_FLAGS``).
 
 Started (usually ahead of time) inside the kernel sandbox that ``sandbox/`` builds, as a
 script in a fresh interpreter; never imported by the package. Trusted code, run before
@@ -17,8 +18,12 @@ any candidate code:
    file size, processes, open files, no cores), before any candidate code runs;
 3. ``MODE == "serve"``: runs the source (problem prompt + completion), reports ``ready``
    (or the error) on ``OUT_FD``, then answers calls ``(name, args, kwargs)`` from the
-   trusted judge on ``IN_FD`` with plain data only (``_wire``). The verdict is the
-   judge's, in another process; nothing here can forge it.
+   trusted judge on ``IN_FD`` with plain data only (``_wire``). A list or tuple too
+   large to cross (past the wire's caps, told at C speed by ``_wire.past_caps`` or by
+   the encoder) is answered ``("digest", kind, type, len, sha256, args)`` instead
+   (``_wire.digest``); the judge alone decides whether a digest may stand for the
+   expected answer. The verdict is the judge's, in another process; nothing here can
+   forge it.
    ``MODE == "run"`` (the *weak* mode, for problems whose tests cannot cross a process
    boundary): runs the whole program and writes ``PASS <nonce>`` to ``OUT_FD`` if it
    ends without raising. That verdict is decided in the candidate's own interpreter and
