@@ -231,7 +231,9 @@ PYTHON_FLAGS = ("-sP", "-S", "-B")
 # One seed per harness process, shared by every candidate and judge it starts, so that
 # ``hash()`` of a str agrees across them: the judge compares an answer too large to cross
 # by a digest over its items' hashes (``_wire.digest``). 0 would turn hashing's
-# randomization off: 1 .. 2**32 - 1.
+# randomization off: 1 .. 2**32 - 1. No secret from a sample (its own environment): a
+# sample could collide the str keys of a dict it answers, as it always could with int
+# keys, and slow the judge's decoding only within the part's time budget.
 HASH_SEED = str(1 + secrets.randbelow((1 << 32) - 1))
 
 
