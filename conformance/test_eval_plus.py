@@ -12,7 +12,7 @@ import pytest
 from pythoncoder.cli import main
 from pythoncoder.eval import evaluate, plus
 from pythoncoder.eval.harness import text_sha256
-from pythoncoder.eval.sandbox import JUDGE, SandboxConfig, run_program
+from pythoncoder.eval.sandbox import JUDGE, SandboxConfig, _wire, run_program
 from pythoncoder.eval.sandbox.judge import MESSAGE
 
 pytestmark = pytest.mark.req("EVAL-07")
@@ -149,3 +149,47 @@ def test_humaneval_plus_needs_its_data(capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1, err
     assert "required: --problems" in err, err
+
+
+# An answer past the wire's item cap (4,194,304): 900,000 4-tuples of str are 4.5 million
+# items, built from 4 strings so that making, hashing and comparing them is cheap.
+BIG = {**INC, "task_id": "HumanEval/906", "prompt": "def pairs(n, k):\n",
+       "entry_point": "pairs", "canonical_solution": (
+           "    return [('ab', 'cd', 'ef', 'gh')] * n + [('x',) * k]\n"),
+       "base_input": [[1, 1]], "plus_input": [[900_000, 2]]}
+
+
+def test_an_answer_too_large_to_cross_is_compared_by_its_digest(tmp_path):
+    problems, _ = _load(tmp_path, [BIG])
+    p = problems["HumanEval/906"]
+    answer = [("ab", "cd", "ef", "gh")] * 900_000 + [("x", "x")]
+    with pytest.raises(_wire.WireLimitError):  # the control: it cannot cross as itself
+        _wire.encode(answer)
+    right = _run(p, BIG["canonical_solution"], "plus")  # strings made afresh: same digest
+    assert right.passed, right
+    made = "    return [(''.join(['a', 'b']), 'cd', 'ef', 'gh') for _ in range(n)] + [('x',) * k]\n"
+    assert _run(p, made, "plus").passed
+    # one item of the answer wrong (a length, or list for tuple: tests/eval/test_plus_unit)
+    wrong = _run(p, "    out = [('ab', 'cd', 'ef', 'gh')] * n + [('x',) * k]\n"
+                    "    out[n // 2] = ('ab', 'cd', 'ef', 'gX')\n    return out\n", "plus")
+    assert wrong.reason == "plus input 1 of 1: wrong answer (compared by digest)", wrong
+
+
+def test_a_digest_stands_only_for_answers_of_strings_or_exact_plain_data(tmp_path):
+    # ints: compared by their exact bytes (their hashes are not keyed); NaN or a set: no
+    # digest may stand for them, and such an answer past the caps fails as before
+    rows = [{**BIG, "task_id": "HumanEval/907", "canonical_solution": (
+                "    return [(1, 2, 3, n)] * n + [(-1,) * k]\n")},
+            {**BIG, "task_id": "HumanEval/908", "canonical_solution": (
+                "    return [(1.5, float('nan'), 3.0, 4.0)] * n + [(0.0,) * k]\n")},
+            {**BIG, "task_id": "HumanEval/909", "canonical_solution": (
+                "    return [('ab', 'cd', 'ef', frozenset({'gh'}))] * n + [('x',) * k]\n")}]
+    problems, _ = _load(tmp_path, rows)
+    ints = problems["HumanEval/907"]
+    assert _run(ints, rows[0]["canonical_solution"], "plus").passed
+    off = _run(ints, rows[0]["canonical_solution"].replace("(-1,)", "(-2,)"), "plus")
+    assert off.reason == "plus input 1 of 1: wrong answer (compared by digest)", off
+    for task in ("HumanEval/908", "HumanEval/909"):
+        result = _run(problems[task], [r for r in rows if r["task_id"] == task][0][
+            "canonical_solution"], "plus")
+        assert result.reason.startswith("plus input 1 of 1: the answer cannot cross"), result

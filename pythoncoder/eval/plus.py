@@ -17,6 +17,8 @@ How a sample is scored, as EvalPlus scores it (``evalplus.evaluate``):
   judge, ``sandbox/_judge.py``, which times it);
 * each input's time limit is ``max(min_time_limit, time_factor * reference time)``
   (EvalPlus's defaults 4 s and 4x), the part's ``min(task_cap_s, sum of limits) + 1``;
+* an answer too large to cross to the judge (past the wire's caps) is compared by a
+  digest: keyed hashes of its strings, or its exact bytes (``sandbox/_judge.py``);
 * answers are compared exactly, floats within ``atol`` (``1e-6`` when the problem's is 0)
   and ``rtol 1e-7``; the problems EvalPlus gives their own oracle (a root of HumanEval/32's
   polynomial; MBPP+'s set-valued, None-or-not and four others) get the same one;

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import resource
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -78,7 +80,8 @@ def test_clean_environment_and_private_workdir():
     probe = """
         import os, tempfile
         assert not any("proxy" in k.lower() for k in os.environ), os.environ
-        assert set(os.environ) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PWD"}, os.environ
+        assert set(os.environ) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PWD",
+                                   "PYTHONHASHSEED"}, os.environ
         cwd = os.getcwd()
         assert os.environ["HOME"] == cwd == tempfile.gettempdir()
         open("scratch.txt", "w").write("ok")
@@ -300,3 +303,37 @@ def test_judge_maps_iteration_ending_exceptions_to_runtime_error():
 
     with pytest.raises(RuntimeError):
         all(map(candidate, [1, 2, 3]))
+
+
+@pytest.mark.parametrize("kind", ["auto", "unshare", "none"])
+def test_hash_seed_is_the_harness_s_and_no_other_python_variable_reaches(monkeypatch, kind):
+    # -I less its -E: PYTHONHASHSEED is read (the judge's digests need it), yet only
+    # the harness's own environment reaches the interpreter, never the host's PYTHON*
+    if kind == "unshare" and not isolate._probe("unshare", sys.executable):
+        pytest.skip("unshare is not permitted here")
+    if kind != "auto" and os.geteuid() == 0 \
+            and not isolate._others_can_read(sysconfig.get_paths()["stdlib"]):
+        pytest.skip("uid 65534 cannot import from this Python outside bwrap")
+    for name, value in (("PYTHONINSPECT", "1"), ("PYTHONWARNINGS", "error"),
+                        ("PYTHONPATH", "/tmp"), ("PYTHONHASHSEED", "1"),
+                        ("PYTHONSTARTUP", "/etc/passwd")):
+        monkeypatch.setenv(name, value)
+    probe = """
+        import json, os, sys
+        f = sys.flags
+        print(json.dumps([hash("pythoncoder"), sorted(os.environ), sys.path, sys.warnoptions,
+                          [f.no_user_site, f.safe_path, f.ignore_environment, f.no_site,
+                           f.dont_write_bytecode, f.inspect]]))
+    """
+    result = run(probe, SandboxConfig(isolation=kind, timeout_s=5.0))
+    assert result.passed, result.result
+    seeded = subprocess.run(
+        [sys.executable, "-c", "print(hash('pythoncoder'))"], capture_output=True, text=True,
+        env={"PYTHONHASHSEED": isolate.HASH_SEED}, check=True).stdout
+    hashed, names, path, warnoptions, flags = json.loads(result.stdout)
+    assert hashed == int(seeded)  # the harness's seed, as every sandbox of this process
+    assert set(names) - {"PWD"} == {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL",
+                                    "PYTHONHASHSEED"}, names
+    assert flags == [1, True, 0, 1, 1, 0]  # -s -P -S -B, not -E; no PYTHONINSPECT
+    assert warnoptions == [] and "/tmp" not in path, path  # no PYTHONWARNINGS, PYTHONPATH
+    assert not any("sbx" in p or "pythoncoder-scripts" in p for p in path), path  # -P

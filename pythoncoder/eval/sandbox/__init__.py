@@ -59,7 +59,7 @@ source string (or a problem whose test passes non-plain values, reported by the 
 
 Speed. Sandboxes are started one ahead per worker (the next one boots while the current
 sample runs) and the judge is reused across samples, so a sample costs one bwrap and one
-bare interpreter (``python -I -S -B``).
+bare interpreter (``python -sP -S -B``: ``-I`` less ``-E``, for the shared hash seed).
 
 Robustness (EVAL-06). Nothing a sample does reaches the harness (separate PID namespace
 and uid); every sample's outcome is caught and recorded; reasons are capped and

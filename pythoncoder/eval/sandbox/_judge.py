@@ -1,4 +1,4 @@
-"""Trusted judge: ``python -I -S -B _judge.py CONTROL_FD UID GID MEMORY``, one per worker.
+"""Trusted judge: ``python -sP -S -B _judge.py CONTROL_FD UID GID MEMORY``, one per worker.
 
 It runs in its own sandbox (same kernel isolation as a candidate, no writable path), never
 executes candidate code and never unpickles anything. For each job the harness sends, on
@@ -26,6 +26,14 @@ whole budget (sent to the harness with ``traced``) ``min(task_cap_s, sum of limi
 The candidate then answers every input in turn, each within its limit, whatever it
 answered before; afterwards each answer is compared with the reference's as EvalPlus does
 (exact, or within ``atol``/``rtol 1e-7`` for floats; a few problems have their own oracle).
+An answer too large to cross (a list or tuple past the wire's caps: Mbpp/255 answers 1.66
+million 77-tuples of strings) comes as its digest (``_wire.digest``) and is compared with
+the expected answer's, worked out once per problem with the answers. Which digest may
+stand for which expected answer, and why a candidate cannot forge one, is
+``_digest_record``'s docstring: keyed ``str`` hashes (the candidate and the judge share
+the harness's PYTHONHASHSEED) for strings and tuples of strings; exact ``marshal`` bytes
+for other lists and tuples of numbers, strings, bytes, bools and None; no digest (the
+answer fails, as before) for anything else, for NaN, or where a tolerance applies.
    ``unsupported`` means the test itself passes something that is not plain data (a
    function, an object) to the candidate: the harness then falls back to the weak,
    in-sandbox verdict and labels the result.  Plain data past the wire's caps (which only
@@ -33,6 +41,7 @@ answered before; afterwards each answer is compared with the reference's as Eval
    candidate cannot choose the weak verdict.
 """
 
+import itertools
 import json
 import math
 import os
@@ -54,6 +63,7 @@ else:
 encode, decode, frame = _WIRE["encode"], _WIRE["decode"], _WIRE["frame"]
 read_frame, write_all, WireError = _WIRE["read_frame"], _WIRE["write_all"], _WIRE["WireError"]
 WireLimitError = _WIRE["WireLimitError"]
+past_caps, digest = _WIRE["past_caps"], _WIRE["digest"]
 _clean = _WIRE["printable"]  # the harness's sanitize, the same function
 
 import builtins  # noqa: E402
@@ -168,6 +178,8 @@ def _interpret(name, args, reply):
     if reply[0] == "bad" and len(reply) == 2:
         # fixed text: the reply's description is the candidate's to choose
         raise CandidateGone(f"{name} returned a value that is not plain data")
+    if reply[0] == "digest":  # only a differential job compares an answer by its digest
+        raise CandidateGone(f"{name} returned a value too large to cross to the judge")
     raise CandidateGone(f"malformed reply from {name}")
 
 
@@ -400,8 +412,81 @@ def _agrees(oracle, out, exp, args, atol):
     return atol != 0 and _close(out, exp, atol)
 
 
+_HASH_LEAVES = {str}
+_EXACT_LEAVES = {str, bytes, int, float, complex, bool, type(None)}
+_NOT_YET = object()  # an answer's digest record, not worked out yet
+
+
+def _hash_eligible(value):
+    """Every item an exact ``str``, or every item a tuple of exact ``str`` (C-speed scans)."""
+    types = set(map(type, value))
+    if types == _HASH_LEAVES:
+        return True
+    return types == {tuple} and set(map(type, itertools.chain.from_iterable(value))) \
+        == _HASH_LEAVES
+
+
+def _exact_eligible(value):
+    """Lists and tuples (any depth up to the wire's) of numbers, strings, bytes, bools and
+    None, no NaN: where ``marshal``'s exact bytes agree only for equal values. Not a flat
+    list of floats (EvalPlus compares those within a tolerance)."""
+    if _is_floats(value):
+        return False
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > _WIRE["MAX_DEPTH"]:
+            return False
+        types = set(map(type, itertools.chain.from_iterable(level)))
+        if not types <= _EXACT_LEAVES | {list, tuple}:
+            return False
+        if (float in types or complex in types) and any(
+                x != x for x in itertools.chain.from_iterable(level)
+                if type(x) is float or type(x) is complex):
+            return False  # NaN: never equal, though its bytes are
+        level = [x for x in itertools.chain.from_iterable(level)
+                 if type(x) is list or type(x) is tuple] if types & {list, tuple} else []
+    return True
+
+
+def _digest_record(exp):
+    """``(kind, type name, len, sha256)`` standing for the expected answer ``exp`` when a
+    candidate's answer cannot cross, or None where no digest may stand for it.
+
+    Why a digest can be trusted though the candidate computes its own: to send the
+    expected digest it must know the expected answer's item hashes (or exact bytes), that
+    is, compute the right answer; it never sees them. An accidental match of a wrong
+    answer needs keyed 64-bit SipHash values to collide (about 2**-64 per item) or
+    sha256 to. So the ``"hash"`` digest is accepted only where every hashed leaf is a
+    ``str``, whose hash is keyed by the seed both interpreters share: not ints or floats
+    (``hash(-1) == hash(-2)``, ints hash modulo 2**61 - 1: an off-by-one answer would
+    agree), not bytes (``hash(b"a") == hash("a")``), not None (its hash is its address
+    in 3.11, another in each process). Other plain shapes get the ``"exact"`` digest,
+    over ``marshal`` bytes (stricter than ``==``: ``1``, ``1.0`` and ``True`` differ,
+    as do ``0.0`` and ``-0.0``: such a right answer fails, never the reverse)."""
+    if type(exp) is not list and type(exp) is not tuple:
+        return None
+    if _hash_eligible(exp):
+        kind = "hash"
+    elif _exact_eligible(exp):
+        kind = "exact"
+    else:
+        return None
+    return (kind, type(exp).__name__, len(exp), digest(exp, kind)[1])
+
+
+def _digest_agrees(record, reply, atol):
+    """True/False: the candidate's digest reply is/is not the expected answer's; None
+    where no digest may stand for the expected answer (it then cannot cross)."""
+    if record is None or (atol != 0 and record[0] != "hash"):
+        return None
+    return tuple(reply[1:5]) == record
+
+
 def expected(job, data):
-    """The calls, the reference's answers and each input's time limit for one problem."""
+    """The calls, the reference's answers and each input's time limit for one problem;
+    and each answer's digest record (``_digest_record``) where it is surely past the
+    wire's caps, worked out here once, not on a candidate's clock (others when needed)."""
     key = (data, job["reference"], job["entry"], job.get("oracle"),
            job["min_time_limit"], job["time_factor"])
     if key in _EXPECTED:
@@ -411,7 +496,7 @@ def expected(job, data):
     namespace = {"__name__": "__reference__"}
     exec(compile(job["reference"], "<reference>", "exec"), namespace)
     fn = namespace[entry]
-    calls, answers, limits = [], [], []
+    calls, answers, limits, records = [], [], [], []
     for args in inputs:
         calls.append(_encode_call(entry, args, {}))
         fresh = decode(encode(list(args)))  # the reference may mutate its arguments
@@ -420,15 +505,17 @@ def expected(job, data):
         elapsed = time.perf_counter() - start
         answers.append(out is not None if job.get("oracle") == "not_none" else out)
         limits.append(max(job["min_time_limit"], job["time_factor"] * elapsed))
+        plain = job.get("oracle") is None
+        records.append(_digest_record(out) if plain and past_caps(out) else _NOT_YET)
     if len(_EXPECTED) >= _EXPECTED_CACHE:
         _EXPECTED.pop(next(iter(_EXPECTED)))
-    _EXPECTED[key] = outcome = (calls, inputs, answers, limits)
+    _EXPECTED[key] = outcome = (calls, inputs, answers, limits, records)
     return outcome
 
 
 def differential(job, data, channel, traced):
     """The verdict of one candidate on one problem's inputs (base or plus)."""
-    calls, inputs, answers, limits = expected(job, data)
+    calls, inputs, answers, limits, records = expected(job, data)
     traced(min(job["task_cap_s"], sum(limits)) + 1)
     first = channel.first_line()
     if first != "ready":
@@ -448,6 +535,17 @@ def differential(job, data, channel, traced):
                 return "timed out", f"{where}: no answer within {limits[i]:.3g} s"
             return "failed", f"{where}: the candidate died"
         r = replies[i]
+        if type(r) is tuple and len(r) == 6 and r[0] == "digest":
+            if oracle in ("not_none", "any"):
+                r = ("ok", object(), [])  # an answer too large to cross is not None
+            elif oracle is None:
+                if records[i] is _NOT_YET:  # past MAX_FRAME only: rare, worked out now
+                    records[i] = _digest_record(exp)
+                agrees = _digest_agrees(records[i], r, job["atol"])
+                if agrees is False:
+                    return "failed", f"{where}: wrong answer (compared by digest)"
+                if agrees:
+                    continue
         if type(r) is tuple and len(r) == 2 and r[0] == "bad" and oracle == "not_none":
             r = ("ok", object(), [])  # an answer that cannot cross is not None
         if type(r) is not tuple or len(r) != 3 or r[0] not in ("ok", "raise"):
@@ -486,8 +584,10 @@ def _receive(control):
 def main():
     control = socket.socket(fileno=int(sys.argv[1]))
     uid, gid, memory = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    import random  # noqa: F401 - before the uid drop: outside bwrap the stdlib may be
-    import resource  # root-only (a 0700 parent); the tests' random is seeded per run
+    import array  # noqa: F401 - before the uid drop: outside bwrap the stdlib may be
+    import hashlib  # noqa: F401 - root-only (a 0700 parent); these two for _wire.digest,
+    import random  # noqa: F401 - the tests' random (seeded per run)
+    import resource
 
     if uid >= 0 and os.getuid() == 0:  # trusted, but it needs no privilege either
         os.setgroups([])

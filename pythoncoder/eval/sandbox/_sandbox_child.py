@@ -1,4 +1,5 @@
-"""Candidate side of the sandbox (``python -I -S -B _sandbox_child.py``).
+"""Candidate side of the sandbox (``python -sP -S -B _sandbox_child.py``: ``-I`` less its
+``-E``, so that the harness's PYTHONHASHSEED applies; see ``isolate.PYTHON_FLAGS``).
 
 Started (usually ahead of time) inside the kernel sandbox that ``sandbox/`` builds, as a
 script in a fresh interpreter; never imported by the package. Trusted code, run before
@@ -20,8 +21,12 @@ any candidate code:
    file size, processes, open files, no cores), before any candidate code runs;
 3. ``MODE == "serve"``: runs the source (problem prompt + completion), reports ``ready``
    (or the error) on ``OUT_FD``, then answers calls ``(name, args, kwargs)`` from the
-   trusted judge on ``IN_FD`` with plain data only (``_wire``). The verdict is the
-   judge's, in another process; nothing here can forge it.
+   trusted judge on ``IN_FD`` with plain data only (``_wire``). A list or tuple too
+   large to cross (past the wire's caps, told at C speed by ``_wire.past_caps`` or by
+   the encoder) is answered ``("digest", kind, type, len, sha256, args)`` instead
+   (``_wire.digest``); the judge alone decides whether a digest may stand for the
+   expected answer. The verdict is the judge's, in another process; nothing here can
+   forge it.
    ``MODE == "run"`` (the *weak* mode, for problems whose tests cannot cross a process
    boundary): runs the whole program and writes ``PASS <nonce>`` to ``OUT_FD`` if it
    ends without raising. That verdict is decided in the candidate's own interpreter and
@@ -66,6 +71,16 @@ def _read_wire():
     raise FileNotFoundError("_wire.py")
 
 
+def _digest_reply(digest, result, back):
+    """``("digest", kind, "list" | "tuple", len, sha256, back)``: an answer too large to
+    cross, as ``_wire.digest``; ``("bad", ...)`` if even that cannot be made."""
+    try:
+        kind, value = digest(result)
+        return ("digest", kind, type(result).__name__, len(result), value, back)
+    except BaseException as exc:
+        return ("bad", _describe(exc))
+
+
 def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
     import marshal
 
@@ -74,6 +89,7 @@ def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
     exec(marshal.loads(data[16:]) if name.endswith("c") else compile(data, name, "exec"), wire)
     encode, decode, frame = wire["encode"], wire["decode"], wire["frame"]
     read_frame, write_all = wire["read_frame"], wire["write_all"]
+    past_caps, digest = wire["past_caps"], wire["digest"]
     read = os.read
 
     def send(value):
@@ -90,15 +106,21 @@ def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
         except BaseException:
             exit_now(0)  # the judge is done (or sent something unexpected)
         fn = namespace.get(name)
+        reply = None
         try:
             if not callable(fn):
                 raise NameError(f"name {name!r} is not defined")
             result = fn(*args, **kwargs)
             back = [a if type(a) in (list, dict, set) else None for a in args]
             reply = ("ok", result, back)
+            if past_caps(result):  # told at C speed: no walk of millions of items first
+                reply = _digest_reply(digest, result, back)
             encode(reply)  # raises on non-plain data, reported below
         except BaseException as exc:
-            if isinstance(exc, wire["WireError"]):
+            if isinstance(exc, wire["WireLimitError"]) and reply is not None \
+                    and reply[0] == "ok" and type(result) in (list, tuple):
+                reply = _digest_reply(digest, result, back)  # past MAX_FRAME, say
+            elif isinstance(exc, wire["WireError"]):
                 reply = ("bad", _describe(exc))
             else:
                 reply = ("raise", type(exc).__name__, _describe(exc))

@@ -6,7 +6,12 @@ encoding. The encoder sends exact types, a subclass of one (``IntEnum``, ``Order
 namedtuple...) as its plain base value, and refuses anything else; the decoder validates
 every byte, caps depth, item count and size, and
 builds fresh built-in objects. It is loaded by file path in the sandboxed candidate and
-judge (stdlib only, no imports) and imported by the harness.
+judge (stdlib only, no imports at load: :func:`digest` imports ``hashlib``, ``marshal``
+and ``array`` when called) and imported by the harness.
+
+An answer too large to cross (a list or tuple past ``MAX_ITEMS`` or ``MAX_FRAME``) crosses
+as its :func:`digest` instead (the judge decides whether a digest can stand for it: see
+``_judge.py``); :func:`past_caps` tells, without walking it in Python, that one must.
 
 Frame: ``<decimal length>\\n<payload>``. Payload grammar (lengths are decimal ASCII
 followed by ``:``)::
@@ -197,6 +202,67 @@ class _Decoder:
                     raise WireError("unhashable dict key") from e
             return out
         raise WireError("unknown tag")
+
+
+DIGEST_CHUNK = 4096  # items per marshal call of an "exact" digest
+
+
+def past_caps(value) -> bool:
+    """Whether ``value`` (a list or tuple) is surely past ``MAX_ITEMS``, told at C speed:
+    its items, or, when every item is a tuple, its items and theirs (each counts at least
+    one). False when unsure: the value then tries the ordinary encoding first."""
+    if type(value) is not list and type(value) is not tuple:
+        return False
+    if len(value) >= MAX_ITEMS:
+        return True
+    if set(map(type, value)) != {tuple}:
+        return False
+    return 1 + len(value) + sum(map(len, value)) > MAX_ITEMS
+
+
+def _all_str_tuples(value) -> bool:
+    """Every item a ``str``, or every item a tuple of ``str`` (C-speed scans)."""
+    types = set(map(type, value))
+    if types == {str}:
+        return True
+    if types != {tuple}:
+        return False
+    try:
+        for _ in map("".join, value):  # TypeError at the first item with a non-str
+            pass
+    except TypeError:
+        return False
+    return True
+
+
+def digest(value, kind=None):
+    """``(kind, sha256 bytes)`` of a list or tuple too large to cross, over its items in
+    order (its type and length travel beside it).
+
+    ``"hash"``: over ``hash()`` of each item, a C-speed walk of the ``str`` leaves'
+    cached hashes (SipHash keyed by the interpreter's hash seed: the harness starts the
+    candidate and the judge with the same ``PYTHONHASHSEED``); chosen when every item is a
+    str or a tuple of strs. ``"exact"``: over ``marshal`` version 2 of the items (an exact,
+    type-tagged encoding with no back-references, so equal values made differently give
+    the same bytes), for any other shape. Which digest the judge accepts for which
+    expected answer is the judge's rule (``_judge._digest_record``), not this function's.
+    """
+    import hashlib
+    import marshal
+
+    if kind is None:
+        kind = "hash" if _all_str_tuples(value) else "exact"
+    h = hashlib.sha256()
+    if kind == "hash":
+        from array import array
+
+        h.update(array("q", map(hash, value)).tobytes())
+    elif kind == "exact":
+        for at in range(0, len(value), DIGEST_CHUNK):
+            h.update(marshal.dumps(value[at:at + DIGEST_CHUNK], 2))
+    else:
+        raise WireError(f"unknown digest {kind!r}")
+    return kind, h.digest()
 
 
 def frame(payload: bytes) -> bytes:

@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import marshal
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -220,6 +221,30 @@ def _bwrap_popen(options: Sequence[str], command: Sequence[str], seccomp: bool,
 def _sbx_python(python: str, kind: str) -> str:
     _script_dir(python)
     return f"{_SBX}/python" if kind == "bwrap" else python
+
+
+# How the candidate and the judge interpreters start: ``-I`` (isolated) less its ``-E``, so
+# that PYTHONHASHSEED is read: ``-s`` (no user site) and ``-P`` (no script folder on
+# sys.path), ``-S`` (no site), ``-B`` (no .pyc written). Safe because each sandbox gets a
+# complete environment of the harness's making (``_Candidate``, ``_Judge``: PATH, the
+# locale, HOME/TMPDIR and ``sandbox_env``), which bwrap, unshare and the cgroup's
+# ``sh -c`` prefix pass on as it is: no other PYTHON* variable reaches the interpreter.
+# Three arguments, as ``-I -S -B`` were: ``_prlimit`` finds the script at argv[4].
+PYTHON_FLAGS = ("-sP", "-S", "-B")
+# One seed per harness process, shared by every candidate and judge it starts, so that
+# ``hash()`` of a str agrees across them: the judge compares an answer too large to cross
+# by a digest over its items' hashes (``_wire.digest``). 0 would turn hashing's
+# randomization off: 1 .. 2**32 - 1. No secret from a sample (its own environment): a
+# sample could collide the str keys of a dict it answers, as it always could with int
+# keys, and slow the judge's decoding only within the part's time budget.
+HASH_SEED = str(1 + secrets.randbelow((1 << 32) - 1))
+
+
+def sandbox_env(**variables: str) -> dict[str, str]:
+    """A sandboxed interpreter's whole environment: ``variables``, PATH, the locale and
+    the shared hash seed."""
+    return {"PATH": "/usr/bin:/bin", **variables, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "PYTHONHASHSEED": HASH_SEED}
 
 
 @functools.cache

@@ -22,11 +22,13 @@ from pythoncoder.eval.sandbox.config import (
     SandboxConfig,
 )
 from pythoncoder.eval.sandbox.isolate import (
+    PYTHON_FLAGS,
     _bwrap_base,
     _bwrap_popen,
     _sbx_python,
     _script,
     _unshare_prefix,
+    sandbox_env,
 )
 
 MESSAGE = 1 << 16  # the judge reads a message into a buffer of this size
@@ -38,12 +40,12 @@ class _Judge:
     def __init__(self, config: SandboxConfig, kind: str) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         uid = SANDBOX_UID if os.geteuid() == 0 else -1
-        cmd = [_sbx_python(config.python, kind), "-I", "-S", "-B",
+        cmd = [_sbx_python(config.python, kind), *PYTHON_FLAGS,
                _script(config.python, kind, "_judge.py"), str(theirs.fileno()),
                str(uid), str(SANDBOX_GID), str(config.memory_bytes)]
         popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, cwd="/", start_new_session=True,
-                     env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+                     env=sandbox_env())
         self.cgroup = None
         try:
             self.cgroup = cgroup.create(config)

@@ -37,6 +37,7 @@ from pythoncoder.eval.sandbox.config import (
     sanitize,
 )
 from pythoncoder.eval.sandbox.isolate import (
+    PYTHON_FLAGS,
     _bwrap_base,
     _bwrap_popen,
     _sbx_python,
@@ -44,6 +45,7 @@ from pythoncoder.eval.sandbox.isolate import (
     _seccomp_program,
     _unshare_prefix,
     isolation,
+    sandbox_env,
 )
 from pythoncoder.eval.sandbox.judge import _Judge, _judge_verdict
 
@@ -90,7 +92,7 @@ class _Candidate:
             self.workdir = workdir = tempfile.mkdtemp(prefix="pythoncoder-sbx-")
             os.chmod(workdir, 0o777)
         self.argv0 = _sbx_python(config.python, kind)
-        cmd = [self.argv0, "-I", "-S", "-B", _script(config.python, kind, "_sandbox_child.py")]
+        cmd = [self.argv0, *PYTHON_FLAGS, _script(config.python, kind, "_sandbox_child.py")]
         # Refused calls named: the child hands the harness a seccomp listener (notify.py).
         self.notify, self.listener = None, None
         theirs, handover = None, (-1, 0, "-")
@@ -103,8 +105,7 @@ class _Candidate:
         setup = " ".join(map(str, (
             c2j_w, j2c_r, uid, SANDBOX_GID, workdir,
             config.work_bytes if mount_work else 0, config.work_inodes, *handover))) + "\n"
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = sandbox_env(HOME=workdir, TMPDIR=workdir)
         popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      cwd="/", env=env, start_new_session=True)
         self.cgroup = None
