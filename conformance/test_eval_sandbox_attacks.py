@@ -409,6 +409,16 @@ def test_arguments_built_from_a_wrong_answer_fail():
 
 
 @pytest.mark.req("EVAL-05")
+def test_a_traced_call_answered_past_the_caps_fails():
+    """Only a differential job compares an answer by its digest: a test's call answered
+    with a value past the wire's caps is a fail with that reason."""
+    spec = dict(SPEC, test="assert f(1) == 2\n")
+    big = run_program(Job("def f(x):\n    return ['a'] * (1 << 22)\n", spec), SECURE)
+    assert big.result == "failed: f returned a value too large to cross to the judge", \
+        big.result
+
+
+@pytest.mark.req("EVAL-05")
 def test_a_test_catching_exceptions_cannot_swallow_a_dead_candidate():
     spec = dict(SPEC, test="for x in (1, 2):\n    try:\n        f(x)\n"
                            "    except Exception:\n        pass\n")
