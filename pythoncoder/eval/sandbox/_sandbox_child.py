@@ -130,20 +130,27 @@ def _serve(namespace, wire_source, out_fd, in_fd, write, exit_now):
             exit_now(3)
 
 
-def _mount_work(workdir, size, inodes, uid, gid):
-    """A tmpfs capped in bytes and inodes on ``workdir``, owned by the sample's uid (the
-    root harness's child still has its capabilities here; ``_ctypes`` alone, not
-    ``ctypes``, to keep the start cheap)."""
+def _c_function(name, result):
+    """The C library's ``name`` returning the C type ``result`` (a ``struct`` code), errno
+    kept; and that type. ``_ctypes`` alone, not ``ctypes``, to keep the start cheap."""
     import _ctypes
 
-    class _Int(_ctypes._SimpleCData):
-        _type_ = "i"
+    class _Result(_ctypes._SimpleCData):
+        _type_ = result
 
     class _Fn(_ctypes.CFuncPtr):
         _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = _Int
+        _restype_ = _Result
 
-    mount = _Fn(_ctypes.dlsym(_ctypes.dlopen(None, 0), "mount"))
+    return _Fn(_ctypes.dlsym(_ctypes.dlopen(None, 0), name)), _Result
+
+
+def _mount_work(workdir, size, inodes, uid, gid):
+    """A tmpfs capped in bytes and inodes on ``workdir``, owned by the sample's uid (the
+    root harness's child still has its capabilities here)."""
+    import _ctypes
+
+    mount, _ = _c_function("mount", "i")
     options = f"size={size},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}".encode()
     if mount(b"tmpfs", workdir.encode(), b"tmpfs", 2 | 4 | 8, options) != 0:  # nosuid nodev noexec
         raise OSError(_ctypes.get_errno(), f"cannot mount the {workdir} tmpfs")
@@ -157,13 +164,6 @@ def _seal(sock_fd, nr, program):
     import _ctypes
     import _socket
 
-    class _Long(_ctypes._SimpleCData):
-        _type_ = "l"
-
-    class _Fn(_ctypes.CFuncPtr):
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = _Long
-
     class _Char(_ctypes._SimpleCData):
         _type_ = "c"
 
@@ -171,7 +171,7 @@ def _seal(sock_fd, nr, program):
         return type("_Buf", (_ctypes.Array,), {"_type_": _Char, "_length_": len(data)}) \
             .from_buffer_copy(data)
 
-    syscall = _Fn(_ctypes.dlsym(_ctypes.dlopen(None, 0), "syscall"))
+    syscall, _Long = _c_function("syscall", "l")
     code = buffer(program)
     order = sys.byteorder
     fprog = buffer((len(program) // 8).to_bytes(2, order) + bytes(6)
