@@ -29,7 +29,7 @@ def test_hashes_stand_only_for_str_leaves():
                 [("ab", None)] * 3, [("ab", ("cd",))] * 3, [1, 2, 3]):
         assert _wire.digest(exp)[0] == "exact"
         assert _judge._digest_record(exp)[0] == "exact"
-        assert not _judge._hash_eligible(exp)
+        assert not _wire.str_items(exp, exact=True)
     # so the off-by-one answer fails: its exact bytes differ, though its hashes agree
     assert _agrees([(1, -1)] * 3, [(1, -1)] * 3) is True
     assert _agrees([(1, -1)] * 3, [(1, -1)] * 2 + [(1, -2)]) is False
@@ -87,3 +87,15 @@ def test_past_caps_is_told_without_encoding():
     assert not _wire.past_caps([["a", "b", "c", "d"]] * n)  # lists: not told, encoded
     assert not _wire.past_caps("a" * _wire.MAX_ITEMS)
     assert _wire.past_caps([0] * _wire.MAX_ITEMS)
+
+
+def test_the_judge_takes_hash_digests_of_exact_str_only():
+    class Name(str):
+        pass
+
+    subclassed = [(Name("a"), "b")] * 3
+    assert _wire.str_items(subclassed) and not _wire.str_items(subclassed, exact=True)
+    for value in ([("a", "b")] * 3, ["a", "b"]):
+        assert _wire.str_items(value) and _wire.str_items(value, exact=True)
+    for value in ([("a", b"b")], [("a", 1)], [["a"]], [("a",), "b"]):
+        assert not _wire.str_items(value) and not _wire.str_items(value, exact=True)

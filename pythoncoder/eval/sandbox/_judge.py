@@ -63,7 +63,7 @@ else:
 encode, decode, frame = _WIRE["encode"], _WIRE["decode"], _WIRE["frame"]
 read_frame, write_all, WireError = _WIRE["read_frame"], _WIRE["write_all"], _WIRE["WireError"]
 WireLimitError = _WIRE["WireLimitError"]
-past_caps, digest = _WIRE["past_caps"], _WIRE["digest"]
+past_caps, digest, str_items = _WIRE["past_caps"], _WIRE["digest"], _WIRE["str_items"]
 _clean = _WIRE["printable"]  # the harness's sanitize, the same function
 
 import builtins  # noqa: E402
@@ -412,18 +412,8 @@ def _agrees(oracle, out, exp, args, atol):
     return atol != 0 and _close(out, exp, atol)
 
 
-_HASH_LEAVES = {str}
 _EXACT_LEAVES = {str, bytes, int, float, complex, bool, type(None)}
 _NOT_YET = object()  # an answer's digest record, not worked out yet
-
-
-def _hash_eligible(value):
-    """Every item an exact ``str``, or every item a tuple of exact ``str`` (C-speed scans)."""
-    types = set(map(type, value))
-    if types == _HASH_LEAVES:
-        return True
-    return types == {tuple} and set(map(type, itertools.chain.from_iterable(value))) \
-        == _HASH_LEAVES
 
 
 def _exact_eligible(value):
@@ -466,7 +456,7 @@ def _digest_record(exp):
     as do ``0.0`` and ``-0.0``: such a right answer fails, never the reverse)."""
     if type(exp) is not list and type(exp) is not tuple:
         return None
-    if _hash_eligible(exp):
+    if str_items(exp, exact=True):
         kind = "hash"
     elif _exact_eligible(exp):
         kind = "exact"

@@ -220,13 +220,20 @@ def past_caps(value) -> bool:
     return 1 + len(value) + sum(map(len, value)) > MAX_ITEMS
 
 
-def _all_str_tuples(value) -> bool:
-    """Every item a ``str``, or every item a tuple of ``str`` (C-speed scans)."""
+def str_items(value, exact=False) -> bool:
+    """Every item a ``str``, or every item a tuple of ``str``: the candidate's choice of
+    the ``"hash"`` digest, told at C speed (``"".join`` raises at the first item with a
+    non-str). ``exact``: of exactly ``str``, no subclass, every leaf's type looked at
+    (about 4x slower): the judge's rule, worked out off the candidate's clock."""
     types = set(map(type, value))
     if types == {str}:
         return True
     if types != {tuple}:
         return False
+    if exact:
+        from itertools import chain
+
+        return set(map(type, chain.from_iterable(value))) == {str}
     try:
         for _ in map("".join, value):  # TypeError at the first item with a non-str
             pass
@@ -251,7 +258,7 @@ def digest(value, kind=None):
     import marshal
 
     if kind is None:
-        kind = "hash" if _all_str_tuples(value) else "exact"
+        kind = "hash" if str_items(value) else "exact"
     h = hashlib.sha256()
     if kind == "hash":
         from array import array
